@@ -1,0 +1,120 @@
+"""Orbax checkpoints of a run: params, batch_stats, opt_state and JSON metadata per saved epoch.
+
+Layout: `RUN/checkpoints/<epoch>/{params,batch_stats,opt_state,meta}`. Orbax writes each step into a
+temporary directory and renames it when complete, so a run killed mid-save leaves the previous step as the
+latest loadable one.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxunlearn.engine.state import TrainState
+from jaxunlearn.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+_ITEMS = ("params", "batch_stats", "opt_state", "meta")
+
+
+def open_manager(run_dir: Path, *, keep: int = 2) -> ocp.CheckpointManager:
+    """A manager that keeps the `keep` latest steps of `run_dir/checkpoints`."""
+    return ocp.CheckpointManager(
+        (Path(run_dir) / CHECKPOINT_DIR).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=_ITEMS,
+    )
+
+
+def save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
+    """Save the whole state under step `epoch` and wait until it is on disk."""
+    manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            batch_stats=ocp.args.StandardSave(state.batch_stats),
+            opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+            meta=ocp.args.JsonSave(meta),
+        ),
+    )
+    manager.wait_until_finished()
+
+
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and placements of a tree of arrays or ShapeDtypeStructs (unplaced: the first device)."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default), tree
+    )
+
+
+def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) -> tuple[TrainState, dict]:
+    """Restore the full state saved at `epoch` into the structure and shardings of `like`."""
+    restored = manager.restore(
+        epoch,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(like.params)),
+            batch_stats=ocp.args.StandardRestore(_abstract(like.batch_stats)),
+            opt_state=ocp.args.StandardRestore(
+                _abstract({"opt_state": like.opt_state, "step": like.step})
+            ),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    optimizer = restored["opt_state"]
+    state = TrainState(
+        params=restored["params"], batch_stats=restored["batch_stats"],
+        opt_state=optimizer["opt_state"], step=optimizer["step"],
+    )
+    return state, dict(restored["meta"])
+
+
+def latest_epoch(run_dir: Path) -> int | None:
+    """The latest complete checkpoint step of a run directory, None when it has none."""
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return None
+    return ocp.CheckpointManager(directory.absolute(), item_names=_ITEMS).latest_step()
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """The metadata of the latest checkpoint of `run_dir`; UserError when there is none or it is unreadable."""
+    epoch = latest_epoch(run_dir)
+    if epoch is None:
+        raise UserError(f"no checkpoint in {run_dir} (expected {Path(run_dir) / CHECKPOINT_DIR}/<epoch>/)")
+    path = Path(run_dir) / CHECKPOINT_DIR / str(epoch) / "meta" / "metadata"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"corrupt checkpoint metadata {path}: {error}") from None
+
+
+def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, Any]:
+    """Restore the latest params and batch_stats of `run_dir` into the structure of the given trees
+    (arrays or `jax.ShapeDtypeStruct`s).
+
+    The optimizer state is not read: unlearning starts a fresh one. A checkpoint whose arrays do not fit
+    the target (another model or width), or that cannot be read, raises UserError.
+    """
+    epoch = latest_epoch(run_dir)
+    if epoch is None:
+        raise UserError(f"no checkpoint in {run_dir}")
+    manager = ocp.CheckpointManager(
+        (Path(run_dir) / CHECKPOINT_DIR).absolute(), item_names=("params", "batch_stats")
+    )
+    try:
+        restored = manager.restore(
+            epoch,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(params)),
+                batch_stats=ocp.args.StandardRestore(_abstract(batch_stats)),
+            ),
+        )
+    except Exception as error:  # Orbax raises many types for unreadable or mismatched trees
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot restore the model from {run_dir} (epoch {epoch}): {first_line}") from None
+    finally:
+        manager.close()
+    return restored["params"], restored["batch_stats"]

@@ -1,0 +1,152 @@
+"""`jaxunlearn` command line: parses arguments into configs and calls the library (`jaxunlearn.runs`).
+
+Bad input prints one line `jaxunlearn: error: ...` and exits with status 2.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
+from jaxunlearn.data.splits import PROTOCOLS
+from jaxunlearn.errors import TrainingDiverged, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"jaxunlearn: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jaxunlearn", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    defaults = SupervisedHparams()
+
+    train = commands.add_parser("train", help="train the original model")
+    train.add_argument("--dataset", default="digits", help="digits | fashion_mnist | a prepared TFDS name")
+    train.add_argument("--data-dir", help="directory of the dataset files (Fashion-MNIST IDX or TFDS data_dir)")
+    train.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
+    train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.learning_rate)
+    train.add_argument("--momentum", type=float, default=defaults.momentum)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workdir", required=True)
+
+    unlearn = commands.add_parser("unlearn", help="apply an unlearning method to a trained model")
+    unlearn.add_argument("--method", required=True, help="contrastive | retrain")
+    unlearn.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
+    unlearn.add_argument("--from", dest="source", required=True, help="the training run's workdir")
+    unlearn.add_argument("--workdir", required=True)
+    unlearn.add_argument("--protocol", choices=PROTOCOLS, default="default",
+                         help="official: the official code's splits and retain pairing")
+    unlearn.add_argument("--seed", type=int, default=0, help="seed of the split and of retain sampling")
+    unlearn.add_argument("--epochs", type=int, help="epoch cap (contrastive) or epoch count (retrain)")
+    unlearn.add_argument("--batch-size", type=int)
+    unlearn.add_argument("--lr", type=float)
+    unlearn.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                         help="set any hyperparameter of the method, e.g. --hp temperature=0.5")
+    unlearn.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
+    unlearn.add_argument("--dataset", help="refuse to run unless the checkpoint was trained on this dataset")
+    unlearn.add_argument("--model", help="refuse to run unless the checkpoint holds this model")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run and write its metrics.json")
+    evaluate.add_argument("--from", dest="source", required=True, help="a run's workdir")
+    evaluate.add_argument("--forget", help="for a training run: the split to evaluate the forget metrics on")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="default")
+    evaluate.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("demo", help="train, forget digit 5 with CU, retrain, print the table")
+    demo.add_argument("--json", help="also write the results as JSON to this path")
+    demo.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from jaxunlearn.runs import train
+
+    config = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, seed=args.seed,
+        recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                                 momentum=args.momentum, weight_decay=args.weight_decay),
+    )
+    metrics = train(config, args.workdir)
+    print(f"train accuracy {metrics['train_acc']:.4f}  test accuracy {metrics['test_acc']:.4f}  "
+          f"({metrics['seconds']:.1f} s, {metrics['steps']} steps) → {args.workdir}")
+
+
+def _unlearn(args: argparse.Namespace) -> None:
+    from jaxunlearn.runs import source_config, unlearn
+
+    original = source_config(args.source)
+    for flag, wanted, actual in (("--dataset", args.dataset, original.dataset), ("--model", args.model, original.model)):
+        if wanted is not None and wanted != actual:
+            raise UserError(f"{args.source} holds {original.model} trained on {original.dataset}; {flag} {wanted} does not match")
+    hparams = parse_assignments(args.hp)
+    for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.lr)):
+        if value is not None:
+            hparams[name] = str(value)
+    config = UnlearnConfig(method=args.method, forget=args.forget, hparams=hparams, protocol=args.protocol,
+                           seed=args.seed, data_dir=args.data_dir)
+    metrics = unlearn(config, args.source, args.workdir)
+    print(format_metrics(metrics))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from jaxunlearn.data.sources import load_dataset
+    from jaxunlearn.runs import evaluate_run, obtain_split, source_config
+
+    split = None
+    if args.forget:
+        original = source_config(args.source)
+        dataset = load_dataset(original.dataset, original.data_dir)
+        split = obtain_split(args.source, dataset, args.forget, args.protocol, args.seed)
+    print(format_metrics(evaluate_run(args.source, split)))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from jaxunlearn.demo import run_demo
+
+    run_demo(args.workdir, args.json)
+
+
+def format_metrics(metrics: dict) -> str:
+    """One `name value` line per metric."""
+    return "\n".join(f"{name:18s} {value:.4f}" if isinstance(value, float) else f"{name:18s} {value}"
+                     for name, value in metrics.items())
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk across runs (JAX_COMPILATION_CACHE_DIR overrides the place)."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        jax.config.update("jax_compilation_cache_dir", str(cache_home / "jaxunlearn" / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    _enable_compilation_cache()
+    handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "demo": _demo}
+    try:
+        handlers[args.command](args)
+    except UserError as error:
+        print(f"jaxunlearn: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"jaxunlearn: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jaxunlearn: interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Typed run configurations (frozen dataclasses) and `name=value` overrides of their fields."""
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+from jaxunlearn.errors import UserError
+
+Protocol = Literal["default", "official"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedHparams:
+    """The official pretraining recipe: SGD with momentum, coupled weight decay, per-epoch cosine.
+
+    The learning rate of epoch e is ½·lr·(1 + cos(π·e/(epochs + 1))) (PyTorch CosineAnnealingLR with
+    T_max = epochs + 1, stepped per epoch), constant within the epoch. Batches are full: each epoch drops
+    the N mod batch_size samples left over after its shuffle.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`jaxunlearn train`: the original model.
+
+    dataset: "digits", "fashion_mnist", or a TFDS name prepared under data_dir.
+    model: "resnet18" | "resnet34" | "resnet50" | "resnet101"; width multiplies every channel count.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "resnet18"
+    width: float = 1.0
+    seed: int = 0
+    recipe: SupervisedHparams = SupervisedHparams()
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnConfig:
+    """`jaxunlearn unlearn`: one method applied to the model of a training run.
+
+    forget: "class:5", "class:3,5" or "random:500". protocol "official" reproduces the official code's
+    splits and batch pairing. hparams: the method's own hyperparameter dataclass, fully resolved.
+    """
+
+    method: str
+    forget: str
+    hparams: Any
+    protocol: Protocol = "default"
+    seed: int = 0
+    data_dir: str | None = None
+
+
+def train_config_from_json(fields: dict[str, Any]) -> TrainConfig:
+    """Inverse of `to_json` for a TrainConfig."""
+    return TrainConfig(**{**fields, "recipe": SupervisedHparams(**fields["recipe"])})
+
+
+def to_json(config: Any) -> dict[str, Any]:
+    """A dataclass (nested) as a JSON-ready dict."""
+    return dataclasses.asdict(config)
+
+
+def _parse_value(name: str, annotation: Any, text: str) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        annotation = options[0]
+    if typing.get_origin(annotation) is Literal:
+        if text not in typing.get_args(annotation):
+            raise UserError(f"{name} must be one of {', '.join(typing.get_args(annotation))}, got {text!r}")
+        return text
+    if annotation is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise UserError(f"{name} must be true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    try:
+        return annotation(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a {annotation.__name__}, got {text!r}") from None
+
+
+def override(config: Any, overrides: dict[str, str]) -> Any:
+    """A copy of dataclass `config` with fields set from strings, converted to each field's type.
+
+    An unknown field name raises UserError listing the known ones.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
+    changes = {}
+    for name, text in overrides.items():
+        if name not in fields:
+            raise UserError(
+                f"unknown hyperparameter {name!r} for {type(config).__name__}; "
+                f"known: {', '.join(fields)}"
+            )
+        changes[name] = _parse_value(name, hints[name], text)
+    return dataclasses.replace(config, **changes)
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """["a=1", "b=x"] → {"a": "1", "b": "x"}; an item without "=" raises UserError."""
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"expected NAME=VALUE, got {item!r}")
+        result[name.strip().replace("-", "_")] = value.strip()
+    return result

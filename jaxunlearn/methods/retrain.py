@@ -1,0 +1,24 @@
+"""The retrained reference: the pretraining recipe from a fresh initialisation on the retain set only."""
+
+import numpy as np
+
+from jaxunlearn.config import SupervisedHparams, TrainConfig
+from jaxunlearn.methods.base import Context, Method
+from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
+
+
+class Retrain(Method):
+    name = "retrain"
+    from_scratch = True
+
+    def default_hparams(self, mode: str, original: TrainConfig) -> SupervisedHparams:
+        return original.recipe
+
+    def optimizer(self, hparams: SupervisedHparams, steps_per_epoch: int):
+        return supervised_optimizer(hparams, steps_per_epoch)
+
+    def plan(self, hparams: SupervisedHparams, context: Context, epoch: int):
+        return supervised_plan(context.split.retain, hparams.batch_size, np.random.default_rng([context.seed, epoch]))
+
+    def loss_fn(self, hparams: SupervisedHparams, context: Context):
+        return supervised_loss

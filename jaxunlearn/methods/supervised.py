@@ -1,0 +1,44 @@
+"""Supervised training pieces shared by pretraining (`jaxunlearn train`) and the retrain reference."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxunlearn.config import SupervisedHparams
+from jaxunlearn.engine.loop import Batch, Block
+from jaxunlearn.losses import cross_entropy
+from jaxunlearn.errors import UserError
+from jaxunlearn.methods.base import Schedule
+
+
+def supervised_optimizer(hparams: SupervisedHparams, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Schedule]:
+    """SGD + momentum + coupled weight decay, cosine over epochs with T_max = epochs + 1."""
+    def schedule(step):
+        epoch = step // steps_per_epoch
+        return 0.5 * hparams.learning_rate * (1 + jnp.cos(jnp.pi * epoch / (hparams.epochs + 1)))
+
+    tx = optax.chain(
+        optax.add_decayed_weights(hparams.weight_decay),
+        optax.sgd(schedule, momentum=hparams.momentum),
+    )
+    return tx, schedule
+
+
+def supervised_plan(indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[Block]:
+    """One epoch over `indices` in a fresh random order, in full batches only.
+
+    The len(indices) % batch_size samples left over are a different random few each epoch; dropping them
+    keeps an epoch one compiled scan (a partial batch would compile a second one).
+    """
+    if len(indices) < batch_size:
+        raise UserError(f"batch size {batch_size} exceeds the {len(indices)} training samples")
+    usable = len(indices) // batch_size * batch_size
+    return [{"train": rng.permutation(indices)[:usable].reshape(-1, batch_size).astype(np.int32)}]
+
+
+def supervised_loss(model: nnx.Module, batch: Batch):
+    """Cross-entropy of the model in train mode on batch["train"]."""
+    images, labels = batch["train"]
+    logits, _ = model(images, train=True)
+    return cross_entropy(logits, labels), {}

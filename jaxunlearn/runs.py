@@ -1,0 +1,221 @@
+"""The shared harness: `train`, `unlearn` and `evaluate_run` as library functions over a run directory.
+
+Every method goes through `unlearn`, which builds the data, the model and the split, validates everything
+before it writes anything, and hands a `Procedure` to the one loop (`jaxunlearn.engine.loop.fit`).
+
+Run directory:
+  config.json    the resolved configuration (a rerun with the same one resumes; another one is refused)
+  split.npz      forget/retain indices with their content hash (unlearning runs)
+  checkpoints/   Orbax steps, one per epoch: params, batch_stats, opt_state, meta
+  metrics.jsonl  one line per optimizer step
+  metrics.json   the final evaluation
+"""
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from jaxunlearn import checkpoint
+from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json, train_config_from_json
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.data.sources import Dataset, load_dataset
+from jaxunlearn.data.splits import Split, load_split, make_split, parse_forget, save_split
+from jaxunlearn.engine.loop import Procedure, fit, steps_in
+from jaxunlearn.engine.state import create_state
+from jaxunlearn.errors import UserError
+from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, split_parts
+from jaxunlearn.methods import Context, get_method
+from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
+from jaxunlearn.models import create_model
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a killed process leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: str | Path, config: dict[str, Any]) -> Path:
+    """Create `workdir` holding config.json, or accept it when it holds the same configuration (resume)."""
+    path = Path(workdir)
+    config = json.loads(json.dumps(config))
+    config_file = path / "config.json"
+    if config_file.exists():
+        if json.loads(config_file.read_text()) != config:
+            raise UserError(f"{path} holds a run with another configuration; choose a new --workdir")
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"workdir {path} exists and is not an empty directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(config_file, config)
+    except OSError as error:
+        raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
+    return path
+
+
+def _check_positive(hparams: Any) -> None:
+    for name in ("epochs", "batch_size"):
+        value = getattr(hparams, name)
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+
+
+def _model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool):
+    """(graphdef, params, batch_stats) of the run's model.
+
+    initialise=False gives shape-only trees (`jax.ShapeDtypeStruct` leaves) to restore a checkpoint into,
+    which skips the initialisers (seconds of compilation on CPU the first time in a process).
+    """
+    build = lambda: create_model(config.model, dataset.num_classes, in_channels=dataset.image_shape[-1],
+                                 width=config.width, seed=config.seed)
+    return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
+
+
+def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
+    return {"train": dataset.train_labels, "test": dataset.test_labels}
+
+
+def _run_meta(kind: str, config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
+    return {"kind": kind, "dataset": dataset.name, "model": config.model, "width": config.width,
+            "num_classes": dataset.num_classes, "train_config": to_json(config)}
+
+
+def train(config: TrainConfig, workdir: str | Path) -> dict[str, float]:
+    """Train the original model on the whole train set; returns (and writes) train/test accuracy."""
+    _check_positive(config.recipe)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    graphdef, params, batch_stats = _model_state(config, dataset, initialise=True)
+    workdir = prepare_workdir(workdir, {"kind": "train", "config": to_json(config)})
+
+    data = DeviceData.from_dataset(dataset)
+    everything = np.arange(len(dataset.train_labels))
+    plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
+                                         np.random.default_rng([config.seed, epoch]))
+    tx, schedule = supervised_optimizer(config.recipe, steps_in(plan(0)))
+    predict = make_predictor(graphdef, data.mean, data.std)
+    test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
+    procedure = Procedure(
+        loss_fn=supervised_loss, tx=tx, plan=plan, epochs=config.recipe.epochs,
+        evaluate=lambda s: evaluate_parts(predict, s.params, s.batch_stats, data, _host_labels(dataset), test_part),
+        should_stop=lambda evaluation: False, learning_rate=schedule,
+    )
+    state = create_state(params, batch_stats, tx)
+    state, last = fit(procedure, graphdef, state, data, workdir, _run_meta("train", config, dataset), "train")
+    parts = {"train": ("train", everything), **test_part}
+    metrics = evaluate_parts(predict, state.params, state.batch_stats, data, _host_labels(dataset), parts)
+    metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
+    write_json(workdir / "metrics.json", metrics)
+    return metrics
+
+
+def source_config(source: str | Path) -> TrainConfig:
+    """The TrainConfig of a training run directory; UserError when it is no readable training run."""
+    meta = checkpoint.read_meta(Path(source))
+    if meta.get("kind") != "train":
+        raise UserError(f"{source} is not a training run (its checkpoint is a {meta.get('kind')!r} run)")
+    return train_config_from_json(meta["train_config"])
+
+
+def obtain_split(source: str | Path, dataset: Dataset, forget: str, protocol: str, seed: int) -> Split:
+    """The split of `forget` for the training run `source`, shared by every method unlearning from it.
+
+    The first call saves it under `source/splits/`; later calls load that file (its hash is checked), so all
+    methods of one experiment forget exactly the same samples.
+    """
+    spec = parse_forget(forget)
+    name = re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{protocol}-seed{seed}.npz"
+    path = Path(source) / "splits" / name
+    if path.exists():
+        return load_split(path)
+    split = make_split(spec, dataset.train_labels, dataset.num_classes, protocol=protocol, seed=seed)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        save_split(split, path)
+    except OSError:
+        pass  # a read-only source run: the split is still saved in the unlearning run's own directory
+    return split
+
+
+def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
+    """The method's reference defaults for this forgetting mode, with the config's overrides applied."""
+    method = get_method(config.method)
+    mode = parse_forget(config.forget).mode
+    method.check_mode(mode)
+    hparams = override(method.default_hparams(mode, original), config.hparams)
+    _check_positive(hparams)
+    return hparams
+
+
+def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path) -> dict[str, float]:
+    """Apply `config.method` to the model of training run `source`; returns (and writes) its evaluation."""
+    method = get_method(config.method)
+    original = source_config(source)
+    hparams = resolve_hparams(config, original)
+    dataset = load_dataset(original.dataset, config.data_dir or original.data_dir)
+    split = obtain_split(source, dataset, config.forget, config.protocol, config.seed)
+    graphdef, params, batch_stats = _model_state(original, dataset, initialise=method.from_scratch)
+    if not method.from_scratch:
+        params, batch_stats = checkpoint.restore_model(Path(source), params, batch_stats)
+    context = Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=config.seed)
+    plan = lambda epoch: method.plan(hparams, context, epoch)
+    tx, schedule = method.optimizer(hparams, steps_in(plan(0)))
+
+    run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
+                  "hparams": dataclasses.asdict(hparams), "split_hash": split.content_hash()}
+    workdir = prepare_workdir(workdir, run_config)
+    if not (workdir / "split.npz").exists():
+        save_split(split, workdir / "split.npz")
+
+    data = DeviceData.from_dataset(dataset)
+    predict = make_predictor(graphdef, data.mean, data.std)
+    parts = split_parts(split, dataset.test_labels)
+    monitored = {name: part for name, part in parts.items() if name != "retain_train"}
+    labels = _host_labels(dataset)
+    procedure = Procedure(
+        loss_fn=method.loss_fn(hparams, context), tx=tx, plan=plan, epochs=hparams.epochs,
+        evaluate=lambda s: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored),
+        should_stop=lambda evaluation: method.should_stop(evaluation, context), learning_rate=schedule,
+    )
+    meta = {**_run_meta("unlearn", original, dataset), **run_config}
+    state = create_state(params, batch_stats, tx)
+    state, last = fit(procedure, graphdef, state, data, workdir, meta, config.method)
+    metrics = evaluate_parts(predict, state.params, state.batch_stats, data, labels, parts)
+    metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
+    write_json(workdir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_run(run: str | Path, split: Split | None = None) -> dict[str, float]:
+    """Evaluate the latest checkpoint of any run; writes `run/metrics.json`.
+
+    The split is the run's own `split.npz` unless one is given; without either, train and test accuracy.
+    """
+    run = Path(run)
+    meta = checkpoint.read_meta(run)
+    original = train_config_from_json(meta["train_config"])
+    dataset = load_dataset(original.dataset, original.data_dir)
+    if split is None and (run / "split.npz").exists():
+        split = load_split(run / "split.npz")
+    graphdef, params, batch_stats = _model_state(original, dataset, initialise=False)
+    params, batch_stats = checkpoint.restore_model(run, params, batch_stats)
+    data = DeviceData.from_dataset(dataset)
+    if split is None:
+        parts = {"train": ("train", np.arange(len(dataset.train_labels))),
+                 "test": ("test", np.arange(len(dataset.test_labels)))}
+    else:
+        parts = split_parts(split, dataset.test_labels)
+    predict = make_predictor(graphdef, data.mean, data.std)
+    metrics = evaluate_parts(predict, params, batch_stats, data, _host_labels(dataset), parts)
+    metrics.update(seconds=meta.get("seconds", 0.0), steps=meta.get("steps", 0), epochs=meta["epoch"])
+    if split is not None:
+        metrics.update(forget=str(split.spec), split_hash=split.content_hash())
+    write_json(run / "metrics.json", metrics)
+    return metrics
