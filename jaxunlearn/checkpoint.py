@@ -101,10 +101,14 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
     epoch = latest_epoch(run_dir)
     if epoch is None:
         raise UserError(f"no checkpoint in {run_dir}")
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ("params", "batch_stats")}
     manager = ocp.CheckpointManager(
-        (Path(run_dir) / CHECKPOINT_DIR).absolute(), item_names=("params", "batch_stats")
+        (Path(run_dir) / CHECKPOINT_DIR).absolute(), item_names=tuple(handlers), item_handlers=handlers
     )
     try:
+        stored = manager.item_metadata(epoch)
+        for name, target in (("params", params), ("batch_stats", batch_stats)):
+            _check_same_shapes(f"{run_dir} (epoch {epoch})", name, _shapes(stored[name]), _shapes(target))
         restored = manager.restore(
             epoch,
             args=ocp.args.Composite(
@@ -112,9 +116,31 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
                 batch_stats=ocp.args.StandardRestore(_abstract(batch_stats)),
             ),
         )
-    except Exception as error:  # Orbax raises many types for unreadable or mismatched trees
+    except UserError:
+        raise
+    except Exception as error:  # Orbax raises many types for unreadable trees
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot restore the model from {run_dir} (epoch {epoch}): {first_line}") from None
     finally:
         manager.close()
     return restored["params"], restored["batch_stats"]
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Leaf path ("encoder/stem_conv/kernel/value") → shape, for arrays and array metadata alike."""
+    def name(key):
+        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+    return {"/".join(name(k) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_same_shapes(where: str, item: str, stored: dict, expected: dict) -> None:
+    """UserError naming the first difference between a checkpoint's arrays and the model's."""
+    for path in sorted(expected.keys() | stored.keys()):
+        if path not in stored:
+            raise UserError(f"checkpoint {where} does not match the model: it has no {item} {path}")
+        if path not in expected:
+            raise UserError(f"checkpoint {where} does not match the model: unexpected {item} {path}")
+        if stored[path] != expected[path]:
+            raise UserError(f"checkpoint {where} does not match the model: {item} {path} has shape "
+                            f"{stored[path]}, the model needs {expected[path]}")

@@ -36,12 +36,16 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workdir", required=True)
+    train.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+                       help="checkpoint after an epoch once this long has passed since the last one (default 60)")
 
     unlearn = commands.add_parser("unlearn", help="apply an unlearning method to a trained model")
     unlearn.add_argument("--method", required=True, help="contrastive | retrain")
     unlearn.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
     unlearn.add_argument("--from", dest="source", required=True, help="the training run's workdir")
     unlearn.add_argument("--workdir", required=True)
+    unlearn.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+                         help="checkpoint after an epoch once this long has passed since the last one (default 60)")
     unlearn.add_argument("--protocol", choices=PROTOCOLS, default="default",
                          help="official: the official code's splits and retain pairing")
     unlearn.add_argument("--seed", type=int, default=0, help="seed of the split and of retain sampling")
@@ -74,7 +78,7 @@ def _train(args: argparse.Namespace) -> None:
         recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay),
     )
-    metrics = train(config, args.workdir)
+    metrics = train(config, args.workdir, save_every_seconds=args.save_every)
     print(f"train accuracy {metrics['train_acc']:.4f}  test accuracy {metrics['test_acc']:.4f}  "
           f"({metrics['seconds']:.1f} s, {metrics['steps']} steps) → {args.workdir}")
 
@@ -92,7 +96,7 @@ def _unlearn(args: argparse.Namespace) -> None:
             hparams[name] = str(value)
     config = UnlearnConfig(method=args.method, forget=args.forget, hparams=hparams, protocol=args.protocol,
                            seed=args.seed, data_dir=args.data_dir)
-    metrics = unlearn(config, args.source, args.workdir)
+    metrics = unlearn(config, args.source, args.workdir, save_every_seconds=args.save_every)
     print(format_metrics(metrics))
 
 

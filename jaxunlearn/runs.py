@@ -88,8 +88,11 @@ def _run_meta(kind: str, config: TrainConfig, dataset: Dataset) -> dict[str, Any
             "num_classes": dataset.num_classes, "train_config": to_json(config)}
 
 
-def train(config: TrainConfig, workdir: str | Path) -> dict[str, float]:
-    """Train the original model on the whole train set; returns (and writes) train/test accuracy."""
+def train(config: TrainConfig, workdir: str | Path, *, save_every_seconds: float = 60.0) -> dict[str, float]:
+    """Train the original model on the whole train set; returns (and writes) train/test accuracy.
+
+    A checkpoint is saved at the end of an epoch once `save_every_seconds` have passed, and at the end.
+    """
     _check_positive(config.recipe)
     dataset = load_dataset(config.dataset, config.data_dir)
     graphdef, params, batch_stats = _model_state(config, dataset, initialise=True)
@@ -108,7 +111,8 @@ def train(config: TrainConfig, workdir: str | Path) -> dict[str, float]:
         should_stop=lambda evaluation: False, learning_rate=schedule,
     )
     state = create_state(params, batch_stats, tx)
-    state, last = fit(procedure, graphdef, state, data, workdir, _run_meta("train", config, dataset), "train")
+    state, last = fit(procedure, graphdef, state, data, workdir, _run_meta("train", config, dataset), "train",
+                      save_every_seconds=save_every_seconds)
     parts = {"train": ("train", everything), **test_part}
     metrics = evaluate_parts(predict, state.params, state.batch_stats, data, _host_labels(dataset), parts)
     metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
@@ -154,7 +158,8 @@ def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
     return hparams
 
 
-def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path) -> dict[str, float]:
+def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
+            save_every_seconds: float = 60.0) -> dict[str, float]:
     """Apply `config.method` to the model of training run `source`; returns (and writes) its evaluation."""
     method = get_method(config.method)
     original = source_config(source)
@@ -186,7 +191,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path) -> d
     )
     meta = {**_run_meta("unlearn", original, dataset), **run_config}
     state = create_state(params, batch_stats, tx)
-    state, last = fit(procedure, graphdef, state, data, workdir, meta, config.method)
+    state, last = fit(procedure, graphdef, state, data, workdir, meta, config.method,
+                      save_every_seconds=save_every_seconds)
     metrics = evaluate_parts(predict, state.params, state.batch_stats, data, labels, parts)
     metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
     write_json(workdir / "metrics.json", metrics)

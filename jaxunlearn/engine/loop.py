@@ -59,7 +59,7 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
             params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
             opt_state=opt_state, step=state.step + 1,
         )
-        return new_state, {"loss": loss, **parts, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
     def epoch(state: TrainState, images, labels, blocks: tuple[dict[str, jax.Array], ...]):
         metrics = []

@@ -1,0 +1,196 @@
+"""End to end through the command line on digits: unlearning, retraining, evaluation, bad input, kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxunlearn import checkpoint
+from jaxunlearn.cli import main
+from jaxunlearn.data.splits import load_split
+from jaxunlearn.runs import evaluate_run
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def contrastive_run(digits_run, tmp_path_factory):
+    source, _ = digits_run
+    workdir = tmp_path_factory.mktemp("cu") / "contrastive"
+    assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
+                   "--workdir", workdir) == 0
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def retrain_run(digits_run, tmp_path_factory):
+    source, _ = digits_run
+    workdir = tmp_path_factory.mktemp("retrain") / "retrain"
+    assert run_cli("unlearn", "--method", "retrain", "--forget", "class:5", "--from", source,
+                   "--workdir", workdir, "--epochs", "3") == 0
+    return workdir
+
+
+def test_contrastive_forgets_the_class_and_keeps_the_rest(digits_run, contrastive_run):
+    source, _ = digits_run
+    original = evaluate_run(source, load_split(contrastive_run / "split.npz"))
+    unlearned = json.loads((contrastive_run / "metrics.json").read_text())
+    assert original["forget_test_acc"] > 0.8  # there was something to forget
+    assert unlearned["forget_test_acc"] <= 1 / 10  # the official termination rule, C = 10
+    assert abs(unlearned["test_acc"] - original["test_acc"]) <= 0.03  # retained classes within 3 points
+    assert unlearned["retain_train_acc"] >= 0.95
+
+
+def test_contrastive_logs_every_step(contrastive_run):
+    metrics = json.loads((contrastive_run / "metrics.json").read_text())
+    lines = [json.loads(line) for line in (contrastive_run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, metrics["steps"] + 1))
+    # 146 forget images of class 5 in batches of 64 (64, 64, 18), each batch for ω = 4 steps.
+    assert metrics["steps"] == 12 * metrics["epochs"]
+    for line in lines:
+        assert line["learning_rate"] == pytest.approx(1e-3)
+        assert line["loss"] == pytest.approx(3 * line["contrastive"] + line["cross_entropy"], rel=1e-5)
+        assert np.isfinite(line["grad_norm"])
+
+
+def test_retrain_never_predicts_the_forgotten_class(retrain_run):
+    metrics = json.loads((retrain_run / "metrics.json").read_text())
+    # No retain sample has label 5, so cross-entropy only ever pushes the class-5 logit down.
+    assert metrics["forget_train_acc"] == 0.0
+    assert metrics["forget_test_acc"] == 0.0
+    assert metrics["test_acc"] > 0.5
+    assert metrics["epochs"] == 3
+
+
+def test_every_method_of_an_experiment_forgets_the_same_samples(contrastive_run, retrain_run):
+    a, b = load_split(contrastive_run / "split.npz"), load_split(retrain_run / "split.npz")
+    assert a.content_hash() == b.content_hash()
+    np.testing.assert_array_equal(a.forget, b.forget)
+    for run in (contrastive_run, retrain_run):
+        assert json.loads((run / "config.json").read_text())["split_hash"] == a.content_hash()
+
+
+def test_evaluate_prints_and_writes_the_metrics(contrastive_run, capsys):
+    (contrastive_run / "metrics.json").unlink()
+    assert run_cli("evaluate", "--from", contrastive_run) == 0
+    printed = capsys.readouterr().out
+    written = json.loads((contrastive_run / "metrics.json").read_text())
+    for key in ("forget_train_acc", "forget_test_acc", "retain_train_acc", "test_acc", "seconds", "steps"):
+        assert key in written and key in printed
+    assert 0.0 <= written["forget_test_acc"] <= 0.1
+
+
+def test_sample_forgetting_runs_without_nan(digits_run, tmp_path):
+    source, _ = digits_run
+    workdir = tmp_path / "sample"
+    assert run_cli("unlearn", "--method", "contrastive", "--forget", "random:100", "--from", source,
+                   "--workdir", workdir, "--epochs", "2", "--batch-size", "32") == 0
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) >= 16  # ⌈100/32⌉ = 4 forget batches × 4 steps per epoch
+    assert all(np.isfinite([line["loss"], line["contrastive"], line["grad_norm"]]).all() for line in lines)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert "forget_test_acc" not in metrics  # sample forgetting: the test set is the whole test set
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("jaxunlearn: error: ")
+    return err[0]
+
+
+def test_unknown_dataset_model_or_method(tmp_path, digits_run, capsys):
+    source, _ = digits_run
+    workdir = tmp_path / "w"
+    assert run_cli("train", "--dataset", "no_such_dataset", "--workdir", workdir) == 2
+    assert "no_such_dataset" in error_line(capsys)
+    assert run_cli("train", "--model", "resnet7", "--workdir", workdir) == 2
+    assert "resnet7" in error_line(capsys)
+    assert run_cli("unlearn", "--method", "bogus", "--forget", "class:5", "--from", source, "--workdir", workdir) == 2
+    assert "unknown method 'bogus'" in error_line(capsys)
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("forget, message", [
+    ("class:10", "class"), ("class:-1", "class"), ("random:999999", "999999"), ("random:0", "random"),
+    ("everything", "everything"),
+])
+def test_bad_forget_sets(tmp_path, digits_run, capsys, forget, message):
+    source, _ = digits_run
+    workdir = tmp_path / "w"
+    assert run_cli("unlearn", "--method", "contrastive", "--forget", forget, "--from", source,
+                   "--workdir", workdir) == 2
+    assert message in error_line(capsys)
+    assert not workdir.exists()
+
+
+def test_missing_corrupt_or_mismatched_checkpoint(tmp_path, digits_run, capsys):
+    source, _ = digits_run
+    workdir = tmp_path / "w"
+    args = ["unlearn", "--method", "contrastive", "--forget", "class:5", "--workdir", workdir]
+    assert run_cli(*args, "--from", tmp_path / "missing") == 2
+    assert "no checkpoint in" in error_line(capsys)
+
+    assert run_cli(*args, "--from", source, "--model", "resnet34") == 2
+    assert "does not match" in error_line(capsys)
+
+    corrupt = tmp_path / "corrupt"
+    subprocess.run(["cp", "-r", str(source), str(corrupt)], check=True)
+    epoch = checkpoint.latest_epoch(corrupt)
+    for path in (corrupt / "checkpoints" / str(epoch) / "params").rglob("*"):
+        if path.is_file() and path.name != "_METADATA":
+            path.write_bytes(b"garbage")
+    assert run_cli(*args, "--from", corrupt) == 2
+    assert "cannot restore the model from" in error_line(capsys)
+
+    other = tmp_path / "other_width"
+    subprocess.run(["cp", "-r", str(source), str(other)], check=True)
+    meta_path = other / "checkpoints" / str(epoch) / "meta" / "metadata"
+    meta = json.loads(meta_path.read_text())
+    meta["train_config"]["width"] = 0.25  # the metadata now claims a model the arrays do not hold
+    meta_path.write_text(json.dumps(meta))
+    assert run_cli(*args, "--from", other) == 2
+    assert "does not match the model" in error_line(capsys)
+    assert not workdir.exists()
+
+
+def test_unwritable_or_occupied_workdir(tmp_path, digits_run, capsys):
+    source, _ = digits_run
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    args = ["unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source]
+    assert run_cli(*args, "--workdir", blocker / "run") == 2
+    assert "cannot write to workdir" in error_line(capsys)
+    assert run_cli(*args, "--workdir", blocker) == 2
+    assert "not an empty directory" in error_line(capsys)
+
+
+def test_a_killed_run_keeps_its_last_checkpoint_and_resumes(tmp_path):
+    workdir = tmp_path / "killed"
+    command = [sys.executable, "-m", "jaxunlearn.cli", "train", "--dataset", "digits", "--width", "0.125",
+               "--epochs", "12", "--batch-size", "64", "--save-every", "0", "--workdir", str(workdir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while (checkpoint.latest_epoch(workdir) or 0) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    kept = checkpoint.latest_epoch(workdir)
+    assert kept is not None and 2 <= kept < 12
+    assert evaluate_run(workdir)["test_acc"] > 0.1  # the kept checkpoint loads and predicts
+
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert f"resuming after epoch {kept}" in finished.stderr
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 12 * (1438 // 64) + 1))  # no step lost or repeated
+    assert checkpoint.read_meta(workdir)["epoch"] == 12

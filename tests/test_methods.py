@@ -1,0 +1,86 @@
+"""Batch plans of the methods: which samples each step sees."""
+
+import numpy as np
+import pytest
+
+from jaxunlearn.config import TrainConfig, override
+from jaxunlearn.data.splits import ForgetSpec, Split
+from jaxunlearn.engine.loop import steps_in
+from jaxunlearn.errors import UserError
+from jaxunlearn.methods import Context, get_method
+
+
+def cifar_like_class_split(num_forget=4999, num_retain=45001):
+    """Forget indices 0..num_forget-1, retain the rest (label-free: plans only look at indices)."""
+    forget = np.arange(num_forget)
+    retain = np.arange(num_forget, num_forget + num_retain)
+    return Split(forget=forget, retain=retain, spec=ForgetSpec("class", classes=(5,)), protocol="official", seed=0)
+
+
+def contrastive_plan(protocol, epoch=0, seed=0, split=None):
+    method = get_method("contrastive")
+    hparams = method.default_hparams("class", TrainConfig())
+    context = Context(split=split or cifar_like_class_split(), num_classes=10, protocol=protocol, seed=seed)
+    return method.plan(hparams, context, epoch)
+
+
+def test_contrastive_official_steps_per_epoch_match_the_official_code():
+    """CIFAR-10 class 5, B=64: ⌈4999/64⌉ = 79 forget batches × ω=4 = 316 steps; the last batch has 7."""
+    plan = contrastive_plan("official")
+    assert steps_in(plan) == 316
+    assert [block["forget"].shape for block in plan] == [(312, 64), (4, 7)]
+    assert [block["retain"].shape for block in plan] == [(312, 64), (4, 7)]
+
+
+def test_contrastive_official_pairs_every_forget_batch_with_the_first_retain_samples():
+    split = cifar_like_class_split()
+    full, rest = contrastive_plan("official", split=split)
+    forget = split.forget
+    # Each forget batch in index order, used for 4 consecutive steps.
+    np.testing.assert_array_equal(full["forget"][:4], np.tile(forget[:64], (4, 1)))
+    np.testing.assert_array_equal(full["forget"][4], forget[64:128])
+    # ... each time beside the same 4 retain batches: the first 256 retain samples, in order.
+    first = split.retain[:256].reshape(4, 64)
+    np.testing.assert_array_equal(full["retain"][:4], first)
+    np.testing.assert_array_equal(full["retain"][-4:], first)
+    np.testing.assert_array_equal(rest["forget"], np.tile(forget[-7:], (4, 1)))
+    np.testing.assert_array_equal(rest["retain"], first[:, :7])
+
+
+def test_contrastive_default_draws_retain_samples_at_random_from_the_retain_set():
+    split = cifar_like_class_split(num_forget=500, num_retain=2000)
+    plan = contrastive_plan("default", split=split)
+    retain = np.concatenate([block["retain"].ravel() for block in plan])
+    assert np.isin(retain, split.retain).all()
+    assert len(np.unique(retain)) > 0.5 * len(retain)  # fresh draws, not one fixed prefix
+    again = contrastive_plan("default", split=split)
+    np.testing.assert_array_equal(plan[0]["retain"], again[0]["retain"])  # deterministic per (seed, epoch)
+    other_epoch = contrastive_plan("default", epoch=1, split=split)
+    assert not np.array_equal(plan[0]["retain"], other_epoch[0]["retain"])
+
+
+def test_retrain_plan_covers_only_retain_samples_in_full_shuffled_batches():
+    split = cifar_like_class_split(num_forget=100, num_retain=1000)
+    method = get_method("retrain")
+    hparams = override(method.default_hparams("class", TrainConfig()), {"batch_size": "64"})
+    context = Context(split=split, num_classes=10, protocol="default", seed=0)
+    (block,) = method.plan(hparams, context, 0)
+    assert block["train"].shape == (15, 64)  # 1000 // 64 full batches; the 40 left over change each epoch
+    assert len(np.unique(block["train"])) == 960
+    assert np.isin(block["train"], split.retain).all()
+    assert not np.array_equal(block["train"].ravel(), np.sort(block["train"].ravel()))
+
+
+def test_hyperparameter_overrides_are_typed_and_checked():
+    method = get_method("contrastive")
+    hparams = override(method.default_hparams("sample", TrainConfig()), {"temperature": "0.5", "epochs": "3"})
+    assert (hparams.temperature, hparams.epochs, hparams.batch_size) == (0.5, 3, 128)
+    with pytest.raises(UserError, match="unknown hyperparameter 'temprature'"):
+        override(hparams, {"temprature": "0.5"})
+    with pytest.raises(UserError, match="epochs expects a int value, got .many."):
+        override(hparams, {"epochs": "many"})
+
+
+def test_unknown_method_is_a_user_error():
+    with pytest.raises(UserError, match="unknown method 'bogus'; choose from contrastive, retrain"):
+        get_method("bogus")
