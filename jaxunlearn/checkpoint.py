@@ -101,9 +101,10 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
     epoch = latest_epoch(run_dir)
     if epoch is None:
         raise UserError(f"no checkpoint in {run_dir}")
-    handlers = {name: ocp.StandardCheckpointHandler() for name in ("params", "batch_stats")}
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ("params", "batch_stats", "opt_state")}
     manager = ocp.CheckpointManager(
-        (Path(run_dir) / CHECKPOINT_DIR).absolute(), item_names=tuple(handlers), item_handlers=handlers
+        (Path(run_dir) / CHECKPOINT_DIR).absolute(),
+        item_handlers={**handlers, "meta": ocp.JsonCheckpointHandler()},
     )
     try:
         stored = manager.item_metadata(epoch)
@@ -120,6 +121,7 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
         raise
     except Exception as error:  # Orbax raises many types for unreadable trees
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = first_line.split(" [tensorstore_spec")[0][:300]
         raise UserError(f"cannot restore the model from {run_dir} (epoch {epoch}): {first_line}") from None
     finally:
         manager.close()

@@ -152,5 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry point.
+
+    After an error it exits without interpreter teardown: Orbax's background threads would otherwise print
+    tracebacks of their abandoned reads below the one error line.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
