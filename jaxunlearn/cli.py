@@ -1,4 +1,6 @@
-"""`jaxunlearn` command line: parses arguments into configs and calls the library (`jaxunlearn.runs`).
+"""jaxunlearn: train an image classifier, unlearn a class or samples from it, evaluate against retraining.
+
+The command line parses arguments into configs and calls the library (`jaxunlearn.runs`).
 
 Bad input prints one line `jaxunlearn: error: ...` and exits with status 2.
 """
@@ -124,10 +126,13 @@ def format_metrics(metrics: dict) -> str:
                      for name, value in metrics.items())
 
 
-def _enable_compilation_cache() -> None:
-    """Keep compiled XLA programs on disk across runs (JAX_COMPILATION_CACHE_DIR overrides the place)."""
+def _configure_libraries() -> None:
+    """Quiet library logging, and keep compiled XLA programs on disk across runs
+    (JAX_COMPILATION_CACHE_DIR overrides the place)."""
     import jax
+    from absl import logging
 
+    logging.set_verbosity(logging.ERROR)  # library warnings (Orbax, TFDS) would bury our own messages
     if not jax.config.jax_compilation_cache_dir:
         cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         jax.config.update("jax_compilation_cache_dir", str(cache_home / "jaxunlearn" / "xla"))
@@ -136,7 +141,7 @@ def _enable_compilation_cache() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    _enable_compilation_cache()
+    _configure_libraries()
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "demo": _demo}
     try:
         handlers[args.command](args)

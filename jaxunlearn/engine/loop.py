@@ -37,11 +37,12 @@ Block = dict[str, np.ndarray]
 
 
 def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
-                  mean: Sequence[float], std: Sequence[float]):
+                  mean: Sequence[float], std: Sequence[float], on_step: "StepProgress | None" = None):
     """Compile an epoch: (state, train_images, train_labels, blocks) → (state, per-step metrics).
 
     Each block is scanned in turn (a plan has one block of full batches and at most one of smaller
     remainder batches, so an epoch keeps every sample without padding). The state is donated.
+    `on_step`, if given, is called on the host with the step number every `on_step.every` steps.
     """
     mean, std = tuple(mean), tuple(std)
 
@@ -59,6 +60,9 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
             params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
             opt_state=opt_state, step=state.step + 1,
         )
+        if on_step is not None:
+            jax.lax.cond(new_state.step % on_step.every == 0,
+                         lambda step: jax.debug.callback(on_step, step), lambda step: None, new_state.step)
         return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
     def epoch(state: TrainState, images, labels, blocks: tuple[dict[str, jax.Array], ...]):
@@ -69,6 +73,23 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
         return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
 
     return jax.jit(epoch, donate_argnums=0)
+
+
+class StepProgress:
+    """A progress bar within an epoch on a terminal, fed by the compiled loop about 50 times an epoch."""
+
+    def __init__(self, label: str, steps_per_epoch: int):
+        self.label, self.steps_per_epoch = label, steps_per_epoch
+        self.every = max(1, steps_per_epoch // 50)
+        self.first_step, self.epoch = 0, 0
+
+    def start(self, epoch: int, first_step: int) -> None:
+        self.epoch, self.first_step = epoch, first_step
+
+    def __call__(self, step: jax.Array) -> None:
+        done = int(step) - self.first_step
+        print(f"\r{self.label} epoch {self.epoch + 1}: step {done}/{self.steps_per_epoch}", end="",
+              file=sys.stderr, flush=True)
 
 
 def steps_in(plan: Sequence[Block]) -> int:
@@ -117,7 +138,8 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
             return state, last
         print(f"{label}: resuming after epoch {start_epoch}", file=sys.stderr)
 
-    epoch_fn = make_epoch_fn(graphdef, procedure.tx, procedure.loss_fn, data.mean, data.std)
+    progress = StepProgress(label, steps_in(procedure.plan(start_epoch))) if sys.stderr.isatty() else None
+    epoch_fn = make_epoch_fn(graphdef, procedure.tx, procedure.loss_fn, data.mean, data.std, progress)
     # Commit every leaf to one placement, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
     state = jax.device_put(state, data.train_labels.sharding)
     last_save = time.perf_counter()
@@ -125,6 +147,8 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
         for epoch in range(start_epoch, procedure.epochs):
             started = time.perf_counter()
             first_step = int(state.step)
+            if progress is not None:
+                progress.start(epoch, first_step)
             blocks = tuple({role: jnp.asarray(idx) for role, idx in block.items()}
                            for block in procedure.plan(epoch))
             state, step_metrics = epoch_fn(state, data.train_images, data.train_labels, blocks)
@@ -177,6 +201,6 @@ def _progress(label: str, epoch: int, epochs: int, step_metrics: dict[str, np.nd
     width = 20
     done = math.floor(width * epoch / epochs)
     shown = " ".join(f"{k} {v:.3f}" for k, v in evaluation.items())
-    print(f"{label} [{'#' * done}{'.' * (width - done)}] epoch {epoch}/{epochs} "
+    print(f"\r{label} [{'#' * done}{'.' * (width - done)}] epoch {epoch}/{epochs} "
           f"loss {float(np.mean(step_metrics['loss'])):.4f} {shown} {seconds:.1f}s",
           file=sys.stderr, flush=True)
