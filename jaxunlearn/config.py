@@ -85,7 +85,7 @@ def _parse_value(name: str, annotation: Any, text: str) -> Any:
     try:
         return annotation(text)
     except (TypeError, ValueError):
-        raise UserError(f"{name} must be a {annotation.__name__}, got {text!r}") from None
+        raise UserError(f"{name} must be of type {annotation.__name__}, got {text!r}") from None
 
 
 def override(config: Any, overrides: dict[str, str]) -> Any:

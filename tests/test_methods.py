@@ -77,7 +77,7 @@ def test_hyperparameter_overrides_are_typed_and_checked():
     assert (hparams.temperature, hparams.epochs, hparams.batch_size) == (0.5, 3, 128)
     with pytest.raises(UserError, match="unknown hyperparameter 'temprature'"):
         override(hparams, {"temprature": "0.5"})
-    with pytest.raises(UserError, match="epochs expects a int value, got .many."):
+    with pytest.raises(UserError, match="epochs must be of type int, got 'many'"):
         override(hparams, {"epochs": "many"})
 
 
