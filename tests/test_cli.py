@@ -141,7 +141,9 @@ def test_missing_corrupt_or_mismatched_checkpoint(tmp_path, digits_run, capsys):
     assert "no checkpoint in" in error_line(capsys)
 
     assert run_cli(*args, "--from", source, "--model", "resnet34") == 2
-    assert "does not match" in error_line(capsys)
+    assert "holds resnet18 trained on digits; --model resnet34 does not match" in error_line(capsys)
+    assert run_cli(*args, "--from", source, "--dataset", "fashion_mnist") == 2
+    assert "--dataset fashion_mnist does not match" in error_line(capsys)
 
     corrupt = tmp_path / "corrupt"
     subprocess.run(["cp", "-r", str(source), str(corrupt)], check=True)
