@@ -9,5 +9,6 @@ jaxunlearn unlearn --method contrastive --forget class:5 --from "$root/original"
 jaxunlearn unlearn --method retrain --forget class:5 --from "$root/original" --workdir "$root/retrain"
 jaxunlearn evaluate --from "$root/original" --forget class:5
 for run in retrain contrastive; do
-  echo "== $run"; jaxunlearn evaluate --from "$root/$run"
+  echo "== $run"; jaxunlearn evaluate --from "$root/$run" --reference "$root/retrain"
 done
+jaxunlearn report "$root/contrastive" "$root/retrain" --out "$root/report"

@@ -14,6 +14,7 @@ from pathlib import Path
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PROTOCOLS
 from jaxunlearn.errors import TrainingDiverged, UserError
+from jaxunlearn.evaluation.relearn import RelearnSettings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +66,13 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--forget", help="for a training run: the split to evaluate the forget metrics on")
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="default")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--reference", help="the retrained run of the same split: adds divergences from it")
+    evaluate.add_argument("--relearn-steps", type=int, default=RelearnSettings.max_steps, metavar="N",
+                          help="cap of the relearn-time fine-tuning (default %(default)s)")
+
+    report = commands.add_parser("report", help="evaluate runs of one experiment and write a report with plots")
+    report.add_argument("runs", nargs="+", help="run directories (the original is found from them)")
+    report.add_argument("--out", required=True, help="directory for report.md and the PNG plots")
 
     demo = commands.add_parser("demo", help="train, forget digit 5 with CU, retrain, print the table")
     demo.add_argument("--json", help="also write the results as JSON to this path")
@@ -111,7 +119,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         original = source_config(args.source)
         dataset = load_dataset(original.dataset, original.data_dir)
         split = obtain_split(args.source, dataset, args.forget, args.protocol, args.seed)
-    print(format_metrics(evaluate_run(args.source, split)))
+    if args.relearn_steps < 0:
+        raise UserError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
+    relearn = RelearnSettings(max_steps=args.relearn_steps)
+    print(format_metrics(evaluate_run(args.source, split, reference=args.reference, relearn=relearn)))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from jaxunlearn.compare import report_runs
+
+    for path in report_runs(args.runs, args.out):
+        print(path)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -142,7 +160,7 @@ def _configure_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     _configure_libraries()
-    handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "demo": _demo}
+    handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo}
     try:
         handlers[args.command](args)
     except UserError as error:

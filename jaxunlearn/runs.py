@@ -8,6 +8,7 @@ Run directory:
   split.npz      forget/retain indices with their content hash (unlearning runs)
   checkpoints/   Orbax steps, one per epoch: params, batch_stats, opt_state, meta
   metrics.jsonl  one line per optimizer step
+  evaluations.jsonl  one line per epoch
   metrics.json   the final evaluation
 """
 
@@ -29,7 +30,10 @@ from jaxunlearn.data.splits import Split, load_split, make_split, parse_forget, 
 from jaxunlearn.engine.loop import Procedure, fit, steps_in
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
-from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, split_parts
+from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
+from jaxunlearn.evaluation.divergence import tree_l2_distance
+from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
+from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
 from jaxunlearn.models import create_model
@@ -199,10 +203,29 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     return metrics
 
 
-def evaluate_run(run: str | Path, split: Split | None = None) -> dict[str, float]:
+def _restored_model(run: Path, dataset: Dataset, config: TrainConfig):
+    graphdef, params, batch_stats = _model_state(config, dataset, initialise=False)
+    return graphdef, *checkpoint.restore_model(run, params, batch_stats)
+
+
+def _reference_run(reference: Path, meta: dict[str, Any], split: Split) -> None:
+    """UserError unless `reference` holds the same model and split as the evaluated run."""
+    reference_meta = checkpoint.read_meta(reference)
+    if reference_meta["train_config"] != meta["train_config"]:
+        raise UserError(f"reference {reference} holds another model or dataset than the evaluated run")
+    if reference_meta.get("split_hash") != split.content_hash():
+        raise UserError(f"reference {reference} forgot another split than the evaluated run ({split.spec})")
+
+
+def evaluate_run(run: str | Path, split: Split | None = None, *, reference: str | Path | None = None,
+                 relearn: RelearnSettings = RelearnSettings()) -> dict[str, float]:
     """Evaluate the latest checkpoint of any run; writes `run/metrics.json`.
 
-    The split is the run's own `split.npz` unless one is given; without either, train and test accuracy.
+    The split is the run's own `split.npz` unless one is given; without either, train and test accuracy
+    only. With a split: accuracies, membership-inference attacks, weight distance to and relearn time from
+    the original model (the run's source, or the run itself for a training run); with a `reference` run
+    (the retrained model on the same split) also the divergences from its predictions and the weight
+    distance to it.
     """
     run = Path(run)
     meta = checkpoint.read_meta(run)
@@ -210,18 +233,45 @@ def evaluate_run(run: str | Path, split: Split | None = None) -> dict[str, float
     dataset = load_dataset(original.dataset, original.data_dir)
     if split is None and (run / "split.npz").exists():
         split = load_split(run / "split.npz")
-    graphdef, params, batch_stats = _model_state(original, dataset, initialise=False)
-    params, batch_stats = checkpoint.restore_model(run, params, batch_stats)
+    if reference is not None:
+        if split is None:
+            raise UserError("--reference needs a split: evaluate an unlearning run, or pass --forget")
+        _reference_run(Path(reference), meta, split)
+    graphdef, params, batch_stats = _restored_model(run, dataset, original)
     data = DeviceData.from_dataset(dataset)
+    predict = make_predictor(graphdef, data.mean, data.std)
+    labels = _host_labels(dataset)
     if split is None:
         parts = {"train": ("train", np.arange(len(dataset.train_labels))),
                  "test": ("test", np.arange(len(dataset.test_labels)))}
+        metrics = evaluate_parts(predict, params, batch_stats, data, labels, parts)
     else:
         parts = split_parts(split, dataset.test_labels)
-    predict = make_predictor(graphdef, data.mean, data.std)
-    metrics = evaluate_parts(predict, params, batch_stats, data, _host_labels(dataset), parts)
-    metrics.update(seconds=meta.get("seconds", 0.0), steps=meta.get("steps", 0), epochs=meta["epoch"])
-    if split is not None:
+        outputs = part_outputs(predict, params, batch_stats, data, parts)
+        metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
+        source = Path(meta.get("source", run))
+        _, original_params, original_stats = _restored_model(source, dataset, original)
+        metrics["l2_to_original"] = tree_l2_distance(params, original_params)
+        original_logits, _ = predict(original_params, original_stats, data.train_images, split.forget)
+        target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[split.forget]))
+        steps, capped = relearn_steps(graphdef, params, batch_stats, data, split.forget, target, relearn)
+        metrics.update(relearn_steps=steps, relearn_capped=capped, relearn_target_acc=target)
+        if reference is not None:
+            _, reference_params, reference_stats = _restored_model(Path(reference), dataset, original)
+            reference_parts = {name: parts[name] for name in ("forget_train", "test")}
+            reference_outputs = part_outputs(predict, reference_params, reference_stats, data, reference_parts)
+            metrics.update(reference_metrics(outputs, reference_outputs))
+            metrics["l2_to_reference"] = tree_l2_distance(params, reference_params)
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())
+    metrics.update(seconds=meta.get("seconds", 0.0), steps=meta.get("steps", 0), epochs=meta["epoch"])
     write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def run_embeddings(run: str | Path, dataset: Dataset, index_sets: list[np.ndarray]) -> list[np.ndarray]:
+    """Eval-mode embeddings [n, D] of the run's latest model for each set of train indices."""
+    meta = checkpoint.read_meta(Path(run))
+    graphdef, params, batch_stats = _restored_model(Path(run), dataset, train_config_from_json(meta["train_config"]))
+    data = DeviceData.from_dataset(dataset)
+    predict = make_predictor(graphdef, data.mean, data.std)
+    return [predict(params, batch_stats, data.train_images, indices)[1] for indices in index_sets]

@@ -21,3 +21,27 @@ def digits_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("digits") / "original"
     return run, train(TRAIN, run)
+
+
+@pytest.fixture(scope="session")
+def contrastive_run(digits_run, tmp_path_factory):
+    """Contrastive unlearning of class 5 from `digits_run`, through the CLI, with the official defaults."""
+    from jaxunlearn.cli import main
+
+    source, _ = digits_run
+    workdir = tmp_path_factory.mktemp("cu") / "contrastive"
+    assert main(["unlearn", "--method", "contrastive", "--forget", "class:5", "--from", str(source),
+                 "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def retrain_run(digits_run, tmp_path_factory):
+    """The retrained reference for class 5 of `digits_run`, 3 epochs, through the CLI."""
+    from jaxunlearn.cli import main
+
+    source, _ = digits_run
+    workdir = tmp_path_factory.mktemp("retrain") / "retrain"
+    assert main(["unlearn", "--method", "retrain", "--forget", "class:5", "--from", str(source),
+                 "--workdir", str(workdir), "--epochs", "3"]) == 0
+    return workdir

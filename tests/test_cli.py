@@ -18,26 +18,8 @@ from jaxunlearn.runs import evaluate_run
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str) -> int:
+def run_cli(*args) -> int:
     return main([str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def contrastive_run(digits_run, tmp_path_factory):
-    source, _ = digits_run
-    workdir = tmp_path_factory.mktemp("cu") / "contrastive"
-    assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
-                   "--workdir", workdir) == 0
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def retrain_run(digits_run, tmp_path_factory):
-    source, _ = digits_run
-    workdir = tmp_path_factory.mktemp("retrain") / "retrain"
-    assert run_cli("unlearn", "--method", "retrain", "--forget", "class:5", "--from", source,
-                   "--workdir", workdir, "--epochs", "3") == 0
-    return workdir
 
 
 def test_contrastive_forgets_the_class_and_keeps_the_rest(digits_run, contrastive_run):

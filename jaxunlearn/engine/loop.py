@@ -122,17 +122,19 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
 
     Resumes from the latest checkpoint of `workdir` if there is one. Saves a checkpoint at the end of an
     epoch once `save_every_seconds` have passed since the last one, and at the end of the run; appends one
-    JSON line per step to `workdir/metrics.jsonl`. Returns the final state and the metadata of
+    JSON line per step to `workdir/metrics.jsonl` and one per epoch (its evaluation) to
+    `workdir/evaluations.jsonl`. Returns the final state and the metadata of
     its checkpoint (`epoch`, `finished`, `evaluation`, `seconds`, `steps`, plus `meta`).
     """
     manager = checkpoint.open_manager(workdir)
-    log_path = Path(workdir) / "metrics.jsonl"
+    log_path, evaluation_path = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
     start_epoch, seconds, last = 0, 0.0, {**meta, "epoch": 0, "finished": False, "evaluation": {}}
     latest = manager.latest_step()
     if latest is not None:
         state, last = checkpoint.restore_state(manager, latest, state)
         start_epoch, seconds = last["epoch"], last["seconds"]
-        _truncate_log(log_path, int(state.step))
+        for path in (log_path, evaluation_path):
+            _truncate_log(path, int(state.step))
         if last["finished"]:
             manager.close()
             return state, last
@@ -169,6 +171,8 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
                 checkpoint.save(manager, epoch + 1, state, last)
                 last_save = time.perf_counter()
             _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
+            with evaluation_path.open("a") as log:
+                log.write(json.dumps({"epoch": epoch + 1, "step": int(state.step), **evaluation}) + "\n")
             _progress(label, epoch + 1, procedure.epochs, step_metrics, evaluation, seconds)
             if stop:
                 break

@@ -1,7 +1,11 @@
-"""Accuracy and confidence of a model on the parts of a split, in eval mode (BatchNorm running statistics)."""
+"""Model outputs on chosen rows of the dataset, and accuracy/confidence over the parts of a split.
+
+Everything runs in eval mode (BatchNorm running statistics).
+"""
 
 from collections.abc import Callable
 from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,48 +19,50 @@ CHUNK = 512
 
 Predictor = Callable[[nnx.State, nnx.State, jax.Array, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """(params, batch_stats, images uint8 [N, H, W, C] on device, indices int [n])
-→ (predicted class [n], max-softmax confidence [n])."""
+→ (logits float32 [n, C], embeddings float32 [n, D])."""
+
+Parts = dict[str, tuple[str, np.ndarray]]
+"""part name → ("train" | "test", indices into that set)."""
 
 
 @partial(jax.jit, static_argnames=("graphdef", "mean", "std"))
 def _predict_padded(params, batch_stats, images, indices, *, graphdef, mean, std):
-    """indices int32 [k·CHUNK] → (predicted class, max-softmax confidence), each [k·CHUNK]."""
+    """indices int32 [k·CHUNK] → (logits [k·CHUNK, C], feat [k·CHUNK, D])."""
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
 
     def chunk(idx):
-        logits, _ = model(normalise(images[idx], mean, std), train=False)
-        return jnp.argmax(logits, axis=-1), jax.nn.softmax(logits.astype(jnp.float32)).max(axis=-1)
+        return model(normalise(images[idx], mean, std), train=False)
 
-    predicted, confidence = jax.lax.map(chunk, indices.reshape(-1, CHUNK))
-    return predicted.reshape(-1), confidence.reshape(-1)
+    logits, feat = jax.lax.map(chunk, indices.reshape(-1, CHUNK))
+    return logits.reshape(-1, logits.shape[-1]), feat.reshape(-1, feat.shape[-1])
 
 
 def make_predictor(graphdef: nnx.GraphDef, mean: tuple[float, ...], std: tuple[float, ...]) -> Predictor:
-    """Eval-mode predictions of the model `graphdef`; compiled once per model and padded set size."""
+    """Eval-mode logits and embeddings of the model `graphdef`; compiled once per model and padded set size."""
 
     def predict(params: nnx.State, batch_stats: nnx.State, images: jax.Array,
                 indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(indices)
         padded = np.zeros(-(-max(n, 1) // CHUNK) * CHUNK, np.int32)
         padded[:n] = indices
-        predicted, confidence = jax.device_get(_predict_padded(
+        logits, feat = jax.device_get(_predict_padded(
             params, batch_stats, images, padded, graphdef=graphdef, mean=tuple(mean), std=tuple(std)))
-        return predicted[:n], confidence[:n]
+        return logits[:n], feat[:n]
 
     return predict
 
 
-def accuracy_and_confidence(predict: Predictor, params: nnx.State, batch_stats: nnx.State,
-                            images: jax.Array, labels: np.ndarray, indices: np.ndarray) -> tuple[float, float]:
-    """Top-1 accuracy and mean max-softmax confidence on rows `indices`; (nan, nan) for an empty set."""
-    if len(indices) == 0:
+def accuracy_and_confidence(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 accuracy and mean max-softmax confidence of logits [n, C]; (nan, nan) for n = 0."""
+    if len(labels) == 0:
         return float("nan"), float("nan")
-    predicted, confidence = predict(params, batch_stats, images, indices)
-    return float(np.mean(predicted == labels[indices])), float(np.mean(confidence))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return float(np.mean(logits.argmax(axis=1) == labels)), float(np.mean(probs.max(axis=1)))
 
 
-def split_parts(split: Split, test_labels: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
-    """The evaluated parts of a split: name → ("train" | "test", indices).
+def split_parts(split: Split, test_labels: np.ndarray) -> Parts:
+    """The evaluated parts of a split.
 
     forget_train, retain_train: the split itself. In class mode forget_test holds the test images of the
     forgotten classes and test the others (remain-test); in sample mode test is the whole test set.
@@ -69,12 +75,19 @@ def split_parts(split: Split, test_labels: np.ndarray) -> dict[str, tuple[str, n
     return parts
 
 
-def evaluate_parts(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
-                   labels: dict[str, np.ndarray], parts: dict[str, tuple[str, np.ndarray]]) -> dict[str, float]:
-    """`<part>_acc` and `<part>_conf` for each part; `labels` maps "train"/"test" to host label arrays."""
+def part_outputs(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+                 parts: Parts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """part name → (logits [n, C], embeddings [n, D]) of the model (params, batch_stats)."""
     images = {"train": data.train_images, "test": data.test_images}
+    return {name: predict(params, batch_stats, images[where], indices) for name, (where, indices) in parts.items()}
+
+
+def evaluate_parts(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+                   labels: dict[str, np.ndarray], parts: Parts) -> dict[str, float]:
+    """`<part>_acc` and `<part>_conf` for each part; `labels` maps "train"/"test" to host label arrays."""
+    outputs = part_outputs(predict, params, batch_stats, data, parts)
     metrics = {}
     for name, (where, indices) in parts.items():
-        acc, conf = accuracy_and_confidence(predict, params, batch_stats, images[where], labels[where], indices)
+        acc, conf = accuracy_and_confidence(outputs[name][0], labels[where][indices])
         metrics[f"{name}_acc"], metrics[f"{name}_conf"] = acc, conf
     return metrics

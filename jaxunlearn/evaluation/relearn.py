@@ -1,0 +1,57 @@
+"""Relearn time: fine-tuning steps on the forget set until its accuracy is back at the original's level."""
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.engine.loop import make_epoch_fn
+from jaxunlearn.engine.state import create_state
+from jaxunlearn.evaluation.accuracy import make_predictor
+from jaxunlearn.methods.supervised import supervised_loss
+
+
+@dataclass(frozen=True)
+class RelearnSettings:
+    """SGD on forget batches drawn with replacement; accuracy is checked every `check_every` steps."""
+
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    check_every: int = 5
+    max_steps: int = 200
+
+
+def relearn_steps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+                  forget: np.ndarray, target_accuracy: float, settings: RelearnSettings = RelearnSettings(),
+                  seed: int = 0) -> tuple[int, bool]:
+    """(steps until the forget-set accuracy is ≥ target_accuracy, whether the cap was hit first).
+
+    The model (params, batch_stats) is not modified; the count is a multiple of `settings.check_every`.
+    """
+    labels = np.asarray(data.train_labels)[forget]
+    predict = make_predictor(graphdef, data.mean, data.std)
+
+    def accuracy(state) -> float:
+        logits, _ = predict(state.params, state.batch_stats, data.train_images, forget)
+        return float(np.mean(logits.argmax(axis=1) == labels))
+
+    tx = optax.sgd(settings.learning_rate, momentum=settings.momentum)
+    state = create_state(jax.tree.map(lambda x: x.copy(), params), jax.tree.map(lambda x: x.copy(), batch_stats), tx)
+    state = jax.device_put(state, data.train_labels.sharding)
+    if accuracy(state) >= target_accuracy:
+        return 0, False
+    epoch_fn = make_epoch_fn(graphdef, tx, supervised_loss, data.mean, data.std)
+    rng = np.random.default_rng(seed)
+    batch = min(settings.batch_size, len(forget))
+    steps = 0
+    while steps < settings.max_steps:
+        block = {"train": rng.choice(forget, size=(settings.check_every, batch)).astype(np.int32)}
+        state, _ = epoch_fn(state, data.train_images, data.train_labels, (block,))
+        steps += settings.check_every
+        if accuracy(state) >= target_accuracy:
+            return steps, False
+    return steps, True
