@@ -52,7 +52,8 @@ def report_runs(runs: list[str | Path], out_dir: str | Path) -> list[Path]:
     named, split = collect_runs([Path(run) for run in runs])
     reference = named.get("retrain")
     meta = checkpoint.read_meta(named["original"])
-    dataset = load_dataset(train_config_from_json(meta["train_config"]).dataset)
+    original = train_config_from_json(meta["train_config"])
+    dataset = load_dataset(original.dataset, original.data_dir)
     retain_shown = split.retain[:EMBEDDED_RETAIN]
     summaries = []
     for name, run in named.items():
