@@ -52,12 +52,17 @@ def make_predictor(graphdef: nnx.GraphDef, mean: tuple[float, ...], std: tuple[f
     return predict
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits [n, C], in their dtype."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def accuracy_and_confidence(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Top-1 accuracy and mean max-softmax confidence of logits [n, C]; (nan, nan) for n = 0."""
     if len(labels) == 0:
         return float("nan"), float("nan")
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     return float(np.mean(logits.argmax(axis=1) == labels)), float(np.mean(probs.max(axis=1)))
 
 

@@ -7,7 +7,7 @@ defines every metric. Everything is to be compared with the retrained reference,
 import numpy as np
 
 from jaxunlearn.data.splits import Split
-from jaxunlearn.evaluation.accuracy import Parts, accuracy_and_confidence
+from jaxunlearn.evaluation.accuracy import Parts, accuracy_and_confidence, softmax
 from jaxunlearn.evaluation.attacks import attack_suite, svc_mia_efficacy
 from jaxunlearn.evaluation.divergence import js_divergence, kl_divergence, prediction_agreement
 
@@ -16,11 +16,6 @@ Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
 
 MIA_MEMBERS = 10_000
 """SalUn's shadow members: the first 10,000 retain examples in dataset order (fewer if the set is smaller)."""
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def part_labels(parts: Parts, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -41,7 +36,7 @@ def forgetting_metrics(outputs: Outputs, labels: dict[str, np.ndarray], split: S
     for name, (logits, _) in outputs.items():
         metrics[f"{name}_acc"], metrics[f"{name}_conf"] = accuracy_and_confidence(logits, labels[name])
     # SalUn feeds the SVC float32 softmax probabilities; float64 ones can flip decisions at its boundary.
-    confidence = {name: _softmax(logits.astype(np.float32))[np.arange(len(logits)), labels[name]]
+    confidence = {name: softmax(logits.astype(np.float32))[np.arange(len(logits)), labels[name]]
                   for name, (logits, _) in outputs.items()}
     members = confidence["retain_train"][:MIA_MEMBERS]
     metrics["mia_efficacy"] = svc_mia_efficacy(members, confidence["test"], confidence["forget_train"])
@@ -55,7 +50,7 @@ def reference_metrics(outputs: Outputs, reference: Outputs, parts: tuple[str, ..
     """Mean JS and KL(reference ‖ model) between the two models' predictions, and argmax agreement, per part."""
     metrics = {}
     for name in parts:
-        p_model, p_reference = _softmax(outputs[name][0]), _softmax(reference[name][0])
+        p_model, p_reference = softmax(outputs[name][0]), softmax(reference[name][0])
         short = name.removesuffix("_train")
         metrics[f"js_{short}"] = float(np.mean(js_divergence(p_model, p_reference)))
         metrics[f"kl_{short}"] = float(np.mean(kl_divergence(p_reference, p_model)))
