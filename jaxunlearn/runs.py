@@ -249,8 +249,10 @@ def evaluate_run(run: str | Path, split: Split | None = None, *, reference: str 
         parts = split_parts(split, dataset.test_labels)
         outputs = part_outputs(predict, params, batch_stats, data, parts)
         metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
-        source = Path(meta.get("source", run))
-        _, original_params, original_stats = _restored_model(source, dataset, original)
+        if "source" in meta:
+            _, original_params, original_stats = _restored_model(Path(meta["source"]), dataset, original)
+        else:  # a training run is its own original
+            original_params, original_stats = params, batch_stats
         metrics["l2_to_original"] = tree_l2_distance(params, original_params)
         original_logits, _ = predict(original_params, original_stats, data.train_images, split.forget)
         target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[split.forget]))
