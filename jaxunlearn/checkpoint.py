@@ -35,7 +35,7 @@ def save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, meta: di
         args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             batch_stats=ocp.args.StandardSave(state.batch_stats),
-            opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+            opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "extra": state.extra, "step": state.step}),
             meta=ocp.args.JsonSave(meta),
         ),
     )
@@ -58,7 +58,7 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
             params=ocp.args.StandardRestore(_abstract(like.params)),
             batch_stats=ocp.args.StandardRestore(_abstract(like.batch_stats)),
             opt_state=ocp.args.StandardRestore(
-                _abstract({"opt_state": like.opt_state, "step": like.step})
+                _abstract({"opt_state": like.opt_state, "extra": like.extra, "step": like.step})
             ),
             meta=ocp.args.JsonRestore(),
         ),
@@ -66,7 +66,7 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
     optimizer = restored["opt_state"]
     state = TrainState(
         params=restored["params"], batch_stats=restored["batch_stats"],
-        opt_state=optimizer["opt_state"], step=optimizer["step"],
+        opt_state=optimizer["opt_state"], extra=optimizer["extra"], step=optimizer["step"],
     )
     return state, dict(restored["meta"])
 

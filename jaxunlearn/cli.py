@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PROTOCOLS
+from jaxunlearn.engine.parallel import BACKENDS, Execution, initialize_distributed, is_main_process
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
 
@@ -20,6 +21,18 @@ from jaxunlearn.evaluation.relearn import RelearnSettings
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"jaxunlearn: error: {message}\n")
+
+
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("devices and hosts")
+    group.add_argument("--devices", type=int, help="use the first N devices of all hosts (default: all)")
+    group.add_argument("--backend", choices=BACKENDS, default="shard_map",
+                       help="per-device step under jax.shard_map (default) or jax.pmap")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
+    group.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
+    group.add_argument("--process-id", type=int, help="multi-process run: this process's index")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with auto-detection (Cloud TPU, SLURM, MPI)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -41,9 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True)
     train.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
                        help="checkpoint after an epoch once this long has passed since the last one (default 60)")
+    _add_execution_flags(train)
 
     unlearn = commands.add_parser("unlearn", help="apply an unlearning method to a trained model")
-    unlearn.add_argument("--method", required=True, help="contrastive | retrain")
+    unlearn.add_argument("--method", required=True, help="the method's name (see README: Methods)")
     unlearn.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
     unlearn.add_argument("--from", dest="source", required=True, help="the training run's workdir")
     unlearn.add_argument("--workdir", required=True)
@@ -60,6 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
     unlearn.add_argument("--dataset", help="refuse to run unless the checkpoint was trained on this dataset")
     unlearn.add_argument("--model", help="refuse to run unless the checkpoint holds this model")
+    _add_execution_flags(unlearn)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run and write its metrics.json")
     evaluate.add_argument("--from", dest="source", required=True, help="a run's workdir")
@@ -88,9 +103,15 @@ def _train(args: argparse.Namespace) -> None:
         recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay),
     )
-    metrics = train(config, args.workdir, save_every_seconds=args.save_every)
+    metrics = train(config, args.workdir, execution=_execution(args), save_every_seconds=args.save_every)
+    if not is_main_process():
+        return
     print(f"train accuracy {metrics['train_acc']:.4f}  test accuracy {metrics['test_acc']:.4f}  "
           f"({metrics['seconds']:.1f} s, {metrics['steps']} steps) → {args.workdir}")
+
+
+def _execution(args: argparse.Namespace) -> Execution:
+    return Execution(devices=args.devices, backend=args.backend)
 
 
 def _unlearn(args: argparse.Namespace) -> None:
@@ -106,8 +127,10 @@ def _unlearn(args: argparse.Namespace) -> None:
             hparams[name] = str(value)
     config = UnlearnConfig(method=args.method, forget=args.forget, hparams=hparams, protocol=args.protocol,
                            seed=args.seed, data_dir=args.data_dir)
-    metrics = unlearn(config, args.source, args.workdir, save_every_seconds=args.save_every)
-    print(format_metrics(metrics))
+    metrics = unlearn(config, args.source, args.workdir, execution=_execution(args),
+                      save_every_seconds=args.save_every)
+    if is_main_process():
+        print(format_metrics(metrics))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -159,9 +182,11 @@ def _configure_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    _configure_libraries()
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo}
     try:
+        if "coordinator" in args:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        _configure_libraries()
         handlers[args.command](args)
     except UserError as error:
         print(f"jaxunlearn: error: {error}", file=sys.stderr)

@@ -19,15 +19,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jaxunlearn import checkpoint
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json, train_config_from_json
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import Dataset, load_dataset
 from jaxunlearn.data.splits import Split, load_split, make_split, parse_forget, save_split
-from jaxunlearn.engine.loop import Procedure, fit, steps_in
+from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
+from jaxunlearn.engine.parallel import AXIS, Execution, is_main_process
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
@@ -35,6 +38,7 @@ from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
 from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, reference_metrics
 from jaxunlearn.methods import Context, get_method
+from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
 from jaxunlearn.models import create_model
 
@@ -47,14 +51,24 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def prepare_workdir(workdir: str | Path, config: dict[str, Any]) -> Path:
-    """Create `workdir` holding config.json, or accept it when it holds the same configuration (resume)."""
+    """Create `workdir` holding config.json, or accept it when it holds the same configuration (resume).
+
+    In a multi-process run process 0 does this and the others wait for it.
+    """
     path = Path(workdir)
-    config = json.loads(json.dumps(config))
+    if is_main_process():
+        _prepare_workdir(path, json.loads(json.dumps(config)))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"prepare {path}")
+    return path
+
+
+def _prepare_workdir(path: Path, config: dict[str, Any]) -> None:
     config_file = path / "config.json"
     if config_file.exists():
         if json.loads(config_file.read_text()) != config:
             raise UserError(f"{path} holds a run with another configuration; choose a new --workdir")
-        return path
+        return
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"workdir {path} exists and is not an empty directory")
     try:
@@ -62,7 +76,6 @@ def prepare_workdir(workdir: str | Path, config: dict[str, Any]) -> Path:
         write_json(config_file, config)
     except OSError as error:
         raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
-    return path
 
 
 def _check_positive(hparams: Any) -> None:
@@ -79,7 +92,7 @@ def _model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool):
     which skips the initialisers (seconds of compilation on CPU the first time in a process).
     """
     build = lambda: create_model(config.model, dataset.num_classes, in_channels=dataset.image_shape[-1],
-                                 width=config.width, seed=config.seed)
+                                 width=config.width, seed=config.seed, bn_axis_name=AXIS)
     return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
 
 
@@ -92,11 +105,14 @@ def _run_meta(kind: str, config: TrainConfig, dataset: Dataset) -> dict[str, Any
             "num_classes": dataset.num_classes, "train_config": to_json(config)}
 
 
-def train(config: TrainConfig, workdir: str | Path, *, save_every_seconds: float = 60.0) -> dict[str, float]:
+def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
+          save_every_seconds: float = 60.0) -> dict[str, float]:
     """Train the original model on the whole train set; returns (and writes) train/test accuracy.
 
-    A checkpoint is saved at the end of an epoch once `save_every_seconds` have passed, and at the end.
+    Runs data-parallel over `execution`'s devices. A checkpoint is saved at the end of an epoch once
+    `save_every_seconds` have passed, and at the end.
     """
+    mesh = execution.mesh()
     _check_positive(config.recipe)
     dataset = load_dataset(config.dataset, config.data_dir)
     graphdef, params, batch_stats = _model_state(config, dataset, initialise=True)
@@ -107,6 +123,7 @@ def train(config: TrainConfig, workdir: str | Path, *, save_every_seconds: float
     plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
                                          np.random.default_rng([config.seed, epoch]))
     tx, schedule = supervised_optimizer(config.recipe, steps_in(plan(0)))
+    _check_batches(plan(0), mesh)
     predict = make_predictor(graphdef, data.mean, data.std)
     test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
     procedure = Procedure(
@@ -116,12 +133,22 @@ def train(config: TrainConfig, workdir: str | Path, *, save_every_seconds: float
     )
     state = create_state(params, batch_stats, tx)
     state, last = fit(procedure, graphdef, state, data, workdir, _run_meta("train", config, dataset), "train",
-                      save_every_seconds=save_every_seconds)
+                      execution=execution, save_every_seconds=save_every_seconds)
     parts = {"train": ("train", everything), **test_part}
     metrics = evaluate_parts(predict, state.params, state.batch_stats, data, _host_labels(dataset), parts)
     metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
-    write_json(workdir / "metrics.json", metrics)
+    if is_main_process():
+        write_json(workdir / "metrics.json", metrics)
     return metrics
+
+
+def _check_batches(plan, mesh) -> None:
+    """UserError when a full batch of the plan does not split evenly over the mesh's devices."""
+    devices = mesh.devices.size
+    widths = {next(iter(block.values())).shape[1] for block in plan}
+    if max(widths) % devices:
+        raise UserError(f"batch size {max(widths)} is not a multiple of the {devices} devices; "
+                        f"choose a multiple or --devices that divides it")
 
 
 def source_config(source: str | Path) -> TrainConfig:
@@ -144,6 +171,8 @@ def obtain_split(source: str | Path, dataset: Dataset, forget: str, protocol: st
     if path.exists():
         return load_split(path)
     split = make_split(spec, dataset.train_labels, dataset.num_classes, protocol=protocol, seed=seed)
+    if not is_main_process():
+        return split
     try:
         path.parent.mkdir(exist_ok=True)
         save_split(split, path)
@@ -163,8 +192,10 @@ def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
 
 
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
-            save_every_seconds: float = 60.0) -> dict[str, float]:
-    """Apply `config.method` to the model of training run `source`; returns (and writes) its evaluation."""
+            execution: Execution = Execution(), save_every_seconds: float = 60.0) -> dict[str, float]:
+    """Apply `config.method` to the model of training run `source`, data-parallel over `execution`'s
+    devices; returns (and writes) its evaluation."""
+    mesh = execution.mesh()
     method = get_method(config.method)
     original = source_config(source)
     hparams = resolve_hparams(config, original)
@@ -173,17 +204,27 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     graphdef, params, batch_stats = _model_state(original, dataset, initialise=method.from_scratch)
     if not method.from_scratch:
         params, batch_stats = checkpoint.restore_model(Path(source), params, batch_stats)
-    context = Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=config.seed)
+    context = Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=config.seed,
+                      train_labels=dataset.train_labels, image_shape=dataset.image_shape,
+                      mean=tuple(dataset.mean), std=tuple(dataset.std))
     plan = lambda epoch: method.plan(hparams, context, epoch)
-    tx, schedule = method.optimizer(hparams, steps_in(plan(0)))
+    _check_batches(plan(0), mesh)
 
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
                   "hparams": dataclasses.asdict(hparams), "split_hash": split.content_hash()}
     workdir = prepare_workdir(workdir, run_config)
-    if not (workdir / "split.npz").exists():
+    if is_main_process() and not (workdir / "split.npz").exists():
         save_split(split, workdir / "split.npz")
 
     data = DeviceData.from_dataset(dataset)
+    start = StartingModel(
+        graphdef=graphdef, params=params, batch_stats=batch_stats, forward=eval_forward(graphdef), data=data,
+        fresh=lambda: _model_state(dataclasses.replace(original, seed=original.seed + 1), dataset,
+                                   initialise=True)[1:],
+    )
+    aux = method.prepare(hparams, context, start)
+    extra = method.init_extra(hparams, context, start)
+    tx, schedule = method.optimizer(hparams, [steps_in(plan(epoch)) for epoch in range(hparams.epochs)], aux)
     predict = make_predictor(graphdef, data.mean, data.std)
     parts = split_parts(split, dataset.test_labels)
     monitored = {name: part for name, part in parts.items() if name != "retain_train"}
@@ -192,14 +233,16 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         loss_fn=method.loss_fn(hparams, context), tx=tx, plan=plan, epochs=hparams.epochs,
         evaluate=lambda s: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored),
         should_stop=lambda evaluation: method.should_stop(evaluation, context), learning_rate=schedule,
+        aux=aux,
     )
     meta = {**_run_meta("unlearn", original, dataset), **run_config}
-    state = create_state(params, batch_stats, tx)
+    state = create_state(params, batch_stats, tx, extra)
     state, last = fit(procedure, graphdef, state, data, workdir, meta, config.method,
-                      save_every_seconds=save_every_seconds)
+                      execution=execution, save_every_seconds=save_every_seconds)
     metrics = evaluate_parts(predict, state.params, state.batch_stats, data, labels, parts)
     metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
-    write_json(workdir / "metrics.json", metrics)
+    if is_main_process():
+        write_json(workdir / "metrics.json", metrics)
     return metrics
 
 

@@ -16,10 +16,12 @@ def small_state(width=0.125, seed=0):
     model = create_model("resnet18", 10, in_channels=1, width=width, seed=seed)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optax.sgd(0.1, momentum=0.9)
-    state = create_state(params, batch_stats, tx)
+    extra = {"shadow": jax.numpy.full((3,), float(seed) + 0.5)}
+    state = create_state(params, batch_stats, tx, extra)
     # A non-trivial optimizer state and step, so the round trip is not of zeros.
-    grads = jax.tree.map(lambda p: p * 0.5 + 1.0, params)
-    _, opt_state = tx.update(grads, state.opt_state, params)
+    trainable = (params, extra)
+    grads = jax.tree.map(lambda p: p * 0.5 + 1.0, trainable)
+    _, opt_state = tx.update(grads, state.opt_state, trainable)
     return state.replace(opt_state=opt_state, step=state.step + 7)
 
 
@@ -40,6 +42,7 @@ def test_full_state_round_trip_is_exact(tmp_path):
     assert_trees_equal(restored.params, state.params)
     assert_trees_equal(restored.batch_stats, state.batch_stats)
     assert_trees_equal(restored.opt_state, state.opt_state)
+    assert_trees_equal(restored.extra, state.extra)
     assert int(restored.step) == 7
     assert checkpoint.latest_epoch(tmp_path) == 3
     assert checkpoint.read_meta(tmp_path)["note"] == "x"

@@ -17,10 +17,17 @@ def cifar_like_class_split(num_forget=4999, num_retain=45001):
     return Split(forget=forget, retain=retain, spec=ForgetSpec("class", classes=(5,)), protocol="official", seed=0)
 
 
+def context_of(split, protocol="default", seed=0):
+    """A CIFAR-shaped context; the labels are index mod 10 (plans do not read them)."""
+    num_train = len(split.forget) + len(split.retain)
+    return Context(split=split, num_classes=10, protocol=protocol, seed=seed,
+                   train_labels=np.arange(num_train) % 10, image_shape=(32, 32, 3))
+
+
 def contrastive_plan(protocol, epoch=0, seed=0, split=None):
     method = get_method("contrastive")
     hparams = method.default_hparams("class", TrainConfig())
-    context = Context(split=split or cifar_like_class_split(), num_classes=10, protocol=protocol, seed=seed)
+    context = context_of(split or cifar_like_class_split(), protocol, seed)
     return method.plan(hparams, context, epoch)
 
 
@@ -63,7 +70,7 @@ def test_retrain_plan_covers_only_retain_samples_in_full_shuffled_batches():
     split = cifar_like_class_split(num_forget=100, num_retain=1000)
     method = get_method("retrain")
     hparams = override(method.default_hparams("class", TrainConfig()), {"batch_size": "64"})
-    context = Context(split=split, num_classes=10, protocol="default", seed=0)
+    context = context_of(split)
     (block,) = method.plan(hparams, context, 0)
     assert block["train"].shape == (15, 64)  # 1000 // 64 full batches; the 40 left over change each epoch
     assert len(np.unique(block["train"])) == 960

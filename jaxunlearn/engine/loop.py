@@ -20,59 +20,138 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from jaxunlearn import checkpoint
 from jaxunlearn.data.device import DeviceData, gather_batch
+from jaxunlearn.engine.parallel import (
+    AXIS, BACKENDS, Backend, Execution, fit_to_devices, is_main_process, local_replica, replicate, shard_columns,
+)
 from jaxunlearn.engine.state import TrainState
-from jaxunlearn.errors import TrainingDiverged
+from jaxunlearn.errors import TrainingDiverged, UserError
 
 Batch = dict[str, tuple[jax.Array, jax.Array]]
-"""role ("train", "forget", "retain", ...) → (images float32 [B, H, W, C], labels int32 [B])."""
+"""role ("train", "forget", "retain") → (images float32 [B, H, W, C], labels int32 [B]), this device's shard."""
 
-LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, dict[str, jax.Array]]]
-"""(model in train mode, batch) → (scalar loss, named scalar parts)."""
+DATA_ROLES = ("train", "forget", "retain")
+"""Plan columns holding train-set indices; the step gathers their images and labels."""
 
 Block = dict[str, np.ndarray]
-"""role → int32 [steps, B] indices into the train set; one `lax.scan` runs over the leading axis."""
+"""column name → int32 [steps, B]: one `lax.scan` runs over the leading axis. Columns named in `DATA_ROLES`
+index the train set; any other column is per-sample data of the method (random labels, noise indices)."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a loss may read besides the model and the batch, on this device.
+
+    columns: every column of the step's plan, int32 [B_local] each (this device's shard).
+    aux: the method's constants (`Method.prepare`): a frozen teacher, learned noise; replicated.
+    extra: the method's extra trainable parameters (`Method.init_extra`), differentiated with the model's.
+    epoch: int32 [] 0-based epoch; step: int32 [] optimizer steps taken before this one.
+    forward: (params, batch_stats, images) → (logits, feat) of the run's architecture in eval mode, for
+      frozen copies (a teacher, the original model).
+    """
+
+    columns: dict[str, jax.Array]
+    aux: Any
+    extra: Any
+    epoch: jax.Array
+    step: jax.Array
+    forward: Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+LossFn = Callable[[nnx.Module, Batch, StepContext], tuple[jax.Array, dict[str, jax.Array]]]
+"""(model in train mode, batch, context) → (scalar loss, named scalar parts), both the mean over this
+device's shard of the batch. The engine averages them over the devices, so with equal shards the loss is
+the one of the global batch; a loss that needs other devices' samples gathers them over `AXIS`."""
+
+
+def eval_forward(graphdef: nnx.GraphDef):
+    """(params, batch_stats, images) → (logits, feat) in eval mode (running BatchNorm statistics)."""
+    def forward(params, batch_stats, images):
+        return nnx.merge(graphdef, params, batch_stats, copy=True)(images, train=False)
+    return forward
 
 
 def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
-                  mean: Sequence[float], std: Sequence[float], on_step: "StepProgress | None" = None):
-    """Compile an epoch: (state, train_images, train_labels, blocks) → (state, per-step metrics).
+                  mean: Sequence[float], std: Sequence[float], mesh: jax.sharding.Mesh,
+                  backend: Backend = "shard_map", on_step: "StepProgress | None" = None):
+    """Compile an epoch: (state, train_images, train_labels, aux, blocks, epoch) → (state, per-step metrics).
 
-    Each block is scanned in turn (a plan has one block of full batches and at most one of smaller
-    remainder batches, so an epoch keeps every sample without padding). The state is donated.
+    The step runs per device over `mesh` (`jax.shard_map`, or `jax.pmap` with backend="pmap"): each device
+    gathers its shard of the batch from its replica of the dataset, BatchNorm statistics are averaged over
+    the devices, and the gradients are those of the loss averaged over the devices, so every device applies
+    the same update. Each block is scanned in turn; the state is donated. Blocks are placed by `place_blocks`.
     `on_step`, if given, is called on the host with the step number every `on_step.every` steps.
     """
     mean, std = tuple(mean), tuple(std)
+    forward = eval_forward(graphdef)
 
-    def train_step(images, labels, state: TrainState, indices: dict[str, jax.Array]):
-        batch = {role: gather_batch(images, labels, idx, mean, std) for role, idx in indices.items()}
+    def train_step(images, labels, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
+        batch = {role: gather_batch(images, labels, columns[role], mean, std)
+                 for role in DATA_ROLES if role in columns}
 
-        def objective(params):
+        def objective(params, extra):
             model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-            loss, parts = loss_fn(model, batch)
+            context = StepContext(columns=columns, aux=aux, extra=extra, epoch=epoch, step=state.step,
+                                  forward=forward)
+            loss, parts = loss_fn(model, batch, context)
+            if backend == "shard_map":  # differentiate the global loss; its gradient is already reduced
+                loss = jax.lax.pmean(loss, AXIS)
             return loss, (nnx.state(model, nnx.BatchStat), parts)
 
-        (loss, (batch_stats, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(
-            params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
-            opt_state=opt_state, step=state.step + 1,
-        )
+        (loss, (batch_stats, parts)), grads = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
+            state.params, state.extra)
+        if backend == "pmap":  # pmap differentiates the local loss: average the gradients instead
+            grads, loss = jax.lax.pmean((grads, loss), AXIS)
+        parts = jax.lax.pmean(parts, AXIS)
+        trainable = (state.params, state.extra)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params, extra = optax.apply_updates(trainable, updates)
+        new_state = TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                               extra=extra, step=state.step + 1)
         if on_step is not None:
-            jax.lax.cond(new_state.step % on_step.every == 0,
-                         lambda step: jax.debug.callback(on_step, step), lambda step: None, new_state.step)
+            report = (new_state.step % on_step.every == 0) & (jax.lax.axis_index(AXIS) == 0)
+            jax.lax.cond(report, lambda step: jax.debug.callback(on_step, step), lambda step: None,
+                         new_state.step)
         return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
-    def epoch(state: TrainState, images, labels, blocks: tuple[dict[str, jax.Array], ...]):
+    def epoch_fn(state: TrainState, images, labels, aux, blocks: tuple[dict[str, jax.Array], ...], epoch):
         metrics = []
         for block in blocks:
-            state, block_metrics = jax.lax.scan(lambda s, i: train_step(images, labels, s, i), state, block)
+            state, block_metrics = jax.lax.scan(
+                lambda s, c: train_step(images, labels, aux, epoch, s, c), state, block)
             metrics.append(block_metrics)
         return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
 
-    return jax.jit(epoch, donate_argnums=0)
+    if backend == "pmap":
+        return jax.pmap(epoch_fn, axis_name=AXIS, in_axes=(None, None, None, None, 1, None),
+                        out_axes=None, devices=list(mesh.devices.flat), donate_argnums=0)
+    if backend != "shard_map":
+        raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    sharded = jax.shard_map(epoch_fn, mesh=mesh, in_specs=(P(), P(), P(), P(), P(None, AXIS), P()),
+                            out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def place_blocks(blocks: Sequence[Block], mesh: jax.sharding.Mesh, backend: Backend) -> tuple:
+    """Put an epoch plan on the mesh for `make_epoch_fn`: batch columns split over the devices.
+
+    A block whose batch width does not divide by the device count is widened (`fit_to_devices`).
+    """
+    devices = mesh.devices.size
+    placed = []
+    for block in blocks:
+        block = fit_to_devices(block, devices)
+        if backend == "pmap":  # [steps, B] → [steps, this process's devices, B / devices]
+            local = mesh.devices.size // jax.process_count()
+            first = jax.process_index() * local
+            placed.append({name: columns.reshape(columns.shape[0], devices, -1)[:, first:first + local]
+                           for name, columns in block.items()})
+        else:
+            placed.append(shard_columns(block, mesh))
+    return tuple(placed)
 
 
 class StepProgress:
@@ -102,7 +181,8 @@ class Procedure:
     """What the loop runs; everything method-specific is already folded in.
 
     plan: epoch number → index blocks (deterministic in the epoch, so a resumed run replays the same plan).
-    evaluate: state → metrics logged after each epoch and handed to `should_stop`.
+    aux: the method's constants handed to every step (`StepContext.aux`).
+    evaluate: state (on one device) → metrics logged after each epoch and handed to `should_stop`.
     learning_rate: optimizer steps (int array) → learning rates, for the log.
     """
 
@@ -113,72 +193,82 @@ class Procedure:
     evaluate: Callable[[TrainState], dict[str, float]]
     should_stop: Callable[[dict[str, float]], bool]
     learning_rate: Callable[[np.ndarray], Any]
+    aux: Any = None
 
 
 def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: DeviceData,
-        workdir: Path, meta: dict[str, Any], label: str, *,
+        workdir: Path, meta: dict[str, Any], label: str, *, execution: Execution = Execution(),
         save_every_seconds: float = 60.0) -> tuple[TrainState, dict[str, Any]]:
-    """Run epochs until the method's rule stops it or `procedure.epochs` are done.
+    """Run epochs until the method's rule stops it or `procedure.epochs` are done, data-parallel over
+    `execution`'s devices (`data` may live anywhere: it is replicated onto them).
 
     Resumes from the latest checkpoint of `workdir` if there is one. Saves a checkpoint at the end of an
     epoch once `save_every_seconds` have passed since the last one, and at the end of the run; appends one
     JSON line per step to `workdir/metrics.jsonl` and one per epoch (its evaluation) to
     `workdir/evaluations.jsonl`. Returns the final state and the metadata of
-    its checkpoint (`epoch`, `finished`, `evaluation`, `seconds`, `steps`, plus `meta`).
+    its checkpoint (`epoch`, `finished`, `evaluation`, `seconds`, `steps`, plus `meta`); the state is
+    this process's copy on one device. Only process 0 writes the logs; every process joins the saves.
     """
+    mesh, main = execution.mesh(), is_main_process()
+    # Every input replicated on the mesh, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
+    state, images, labels, aux = replicate(
+        (local_replica(state), data.train_images, data.train_labels, procedure.aux), mesh)
     manager = checkpoint.open_manager(workdir)
     log_path, evaluation_path = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
-    start_epoch, seconds, last = 0, 0.0, {**meta, "epoch": 0, "finished": False, "evaluation": {}}
+    start_epoch, seconds, steps = 0, 0.0, 0
+    last = {**meta, "epoch": 0, "finished": False, "evaluation": {}}
     latest = manager.latest_step()
     if latest is not None:
         state, last = checkpoint.restore_state(manager, latest, state)
-        start_epoch, seconds = last["epoch"], last["seconds"]
-        for path in (log_path, evaluation_path):
-            _truncate_log(path, int(state.step))
+        start_epoch, seconds, steps = last["epoch"], last["seconds"], last["steps"]
+        if main:
+            for path in (log_path, evaluation_path):
+                _truncate_log(path, steps)
         if last["finished"]:
             manager.close()
-            return state, last
-        print(f"{label}: resuming after epoch {start_epoch}", file=sys.stderr)
+            return local_replica(state), last
+        if main:
+            print(f"{label}: resuming after epoch {start_epoch}", file=sys.stderr)
 
-    progress = StepProgress(label, steps_in(procedure.plan(start_epoch))) if sys.stderr.isatty() else None
-    epoch_fn = make_epoch_fn(graphdef, procedure.tx, procedure.loss_fn, data.mean, data.std, progress)
-    # Commit every leaf to one placement, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
-    state = jax.device_put(state, data.train_labels.sharding)
+    progress = StepProgress(label, steps_in(procedure.plan(start_epoch))) if main and sys.stderr.isatty() else None
+    epoch_fn = make_epoch_fn(graphdef, procedure.tx, procedure.loss_fn, data.mean, data.std, mesh,
+                             execution.backend, progress)
     last_save = time.perf_counter()
     try:
         for epoch in range(start_epoch, procedure.epochs):
             started = time.perf_counter()
-            first_step = int(state.step)
+            first_step = steps
             if progress is not None:
                 progress.start(epoch, first_step)
-            blocks = tuple({role: jnp.asarray(idx) for role, idx in block.items()}
-                           for block in procedure.plan(epoch))
-            state, step_metrics = epoch_fn(state, data.train_images, data.train_labels, blocks)
-            step_metrics = jax.device_get(step_metrics)
+            blocks = place_blocks(procedure.plan(epoch), mesh, execution.backend)
+            state, step_metrics = epoch_fn(state, images, labels, aux, blocks, epoch)
+            step_metrics = jax.device_get(local_replica(step_metrics))
+            steps = first_step + len(step_metrics["loss"])
             if not np.all(np.isfinite(step_metrics["loss"])):
                 bad = first_step + 1 + int(np.argmin(np.isfinite(step_metrics["loss"])))
                 raise TrainingDiverged(
                     f"{label}: non-finite loss at step {bad} (epoch {epoch + 1}); "
                     f"the last good checkpoint is kept in {Path(workdir) / checkpoint.CHECKPOINT_DIR}"
                 )
-            evaluation = procedure.evaluate(state)
+            evaluation = procedure.evaluate(local_replica(state))
             seconds += time.perf_counter() - started
             stop = procedure.should_stop(evaluation)
             finished = stop or epoch + 1 == procedure.epochs
             last = {**meta, "epoch": epoch + 1, "finished": finished, "evaluation": evaluation,
-                    "seconds": seconds, "steps": int(state.step)}
+                    "seconds": seconds, "steps": steps}
             if finished or time.perf_counter() - last_save >= save_every_seconds:
                 checkpoint.save(manager, epoch + 1, state, last)
                 last_save = time.perf_counter()
-            _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
-            with evaluation_path.open("a") as log:
-                log.write(json.dumps({"epoch": epoch + 1, "step": int(state.step), **evaluation}) + "\n")
-            _progress(label, epoch + 1, procedure.epochs, step_metrics, evaluation, seconds)
+            if main:
+                _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
+                with evaluation_path.open("a") as log:
+                    log.write(json.dumps({"epoch": epoch + 1, "step": steps, **evaluation}) + "\n")
+                _progress(label, epoch + 1, procedure.epochs, step_metrics, evaluation, seconds)
             if stop:
                 break
     finally:
         manager.close()
-    return state, last
+    return local_replica(state), last
 
 
 def _append_log(path: Path, step_metrics: dict[str, np.ndarray], first_step: int,

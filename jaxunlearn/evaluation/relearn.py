@@ -8,7 +8,8 @@ import optax
 from flax import nnx
 
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.engine.loop import make_epoch_fn
+from jaxunlearn.engine.loop import make_epoch_fn, place_blocks
+from jaxunlearn.engine.parallel import local_mesh, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.evaluation.accuracy import make_predictor
 from jaxunlearn.methods.supervised import supervised_loss
@@ -40,17 +41,19 @@ def relearn_steps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.St
         return float(np.mean(logits.argmax(axis=1) == labels))
 
     tx = optax.sgd(settings.learning_rate, momentum=settings.momentum)
-    state = create_state(jax.tree.map(lambda x: x.copy(), params), jax.tree.map(lambda x: x.copy(), batch_stats), tx)
-    state = jax.device_put(state, data.train_labels.sharding)
+    mesh = local_mesh()
+    copies = jax.tree.map(lambda x: x.copy(), (params, batch_stats))  # the epoch donates its state
+    state = replicate(create_state(*copies, tx), mesh)
+    images, train_labels = replicate((data.train_images, data.train_labels), mesh)
     if accuracy(state) >= target_accuracy:
         return 0, False
-    epoch_fn = make_epoch_fn(graphdef, tx, supervised_loss, data.mean, data.std)
+    epoch_fn = make_epoch_fn(graphdef, tx, supervised_loss, data.mean, data.std, mesh)
     rng = np.random.default_rng(seed)
     batch = min(settings.batch_size, len(forget))
     steps = 0
     while steps < settings.max_steps:
         block = {"train": rng.choice(forget, size=(settings.check_every, batch)).astype(np.int32)}
-        state, _ = epoch_fn(state, data.train_images, data.train_labels, (block,))
+        state, _ = epoch_fn(state, images, train_labels, None, place_blocks([block], mesh, "shard_map"), 0)
         steps += settings.check_every
         if accuracy(state) >= target_accuracy:
             return steps, False

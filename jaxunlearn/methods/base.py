@@ -1,19 +1,23 @@
 """The interface of an unlearning method: only what is specific to it.
 
-The harness (`jaxunlearn.runs`) owns data, the model, compilation, the loop, checkpoints and evaluation; a
-method supplies its hyperparameters, optimizer, batch plan, loss and termination rule.
+The harness (`jaxunlearn.runs`) owns data, the model, compilation, device placement, the loop, checkpoints
+and evaluation; a method supplies its hyperparameters, optimizer, batch plan, loss and termination rule,
+and, if it has any, its constants (a frozen teacher, a saliency mask, learned noise: `prepare`) and its
+extra trainable parameters (`init_extra`).
 """
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import jax
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxunlearn.config import Protocol, TrainConfig
+from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.splits import Split
 from jaxunlearn.engine.loop import Block, LossFn
 from jaxunlearn.errors import UserError
@@ -24,16 +28,41 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 @dataclass(frozen=True)
 class Context:
-    """What a method may know about the experiment it runs in."""
+    """What a method may know about the experiment it runs in.
+
+    train_labels: int [N] labels of the whole train set (host copy); image_shape: (H, W, C);
+    mean, std: per-channel normalisation, batches arrive as (x/255 − mean)/std.
+    """
 
     split: Split
     num_classes: int
     protocol: Protocol
     seed: int
+    train_labels: np.ndarray
+    image_shape: tuple[int, ...]
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
     @property
     def mode(self) -> str:
         return self.split.spec.mode
+
+
+@dataclass(frozen=True)
+class StartingModel:
+    """The model a method starts from, on one device, for `Method.prepare` and `Method.init_extra`.
+
+    forward: (params, batch_stats, images) → (logits, feat) in eval mode.
+    data: the dataset on the same device (uint8 images; `gather_batch` normalises them).
+    fresh: () → (params, batch_stats) of a new random initialisation of the same architecture.
+    """
+
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    batch_stats: nnx.State
+    forward: Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, jax.Array]]
+    data: DeviceData
+    fresh: Callable[[], tuple[nnx.State, nnx.State]]
 
 
 class Method(abc.ABC):
@@ -49,8 +78,12 @@ class Method(abc.ABC):
         """The method's hyperparameter dataclass with its reference defaults; it has an `epochs` field."""
 
     @abc.abstractmethod
-    def optimizer(self, hparams: Any, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Schedule]:
-        """The optimizer and its learning-rate schedule (also used for the log)."""
+    def optimizer(self, hparams: Any, steps_per_epoch: Sequence[int], aux: Any
+                  ) -> tuple[optax.GradientTransformation, Schedule]:
+        """The optimizer of the pair (params, extra) and its learning-rate schedule (for the log).
+
+        steps_per_epoch: the optimizer steps of each epoch of the plan; aux: what `prepare` returned.
+        """
 
     @abc.abstractmethod
     def plan(self, hparams: Any, context: Context, epoch: int) -> list[Block]:
@@ -60,6 +93,15 @@ class Method(abc.ABC):
     def loss_fn(self, hparams: Any, context: Context) -> LossFn:
         """The loss of one step on the batches named by `plan`."""
 
+    def prepare(self, hparams: Any, context: Context, start: StartingModel) -> Any:
+        """Constants every step reads (`StepContext.aux`), computed once before the first epoch (and again,
+        identically, when a run resumes). None by default."""
+        return None
+
+    def init_extra(self, hparams: Any, context: Context, start: StartingModel) -> Any:
+        """Extra trainable parameters beside the model's (`StepContext.extra`); {} by default."""
+        return {}
+
     def should_stop(self, evaluation: dict[str, float], context: Context) -> bool:
         """Termination rule, checked after each epoch on the harness's evaluation."""
         return False
@@ -67,6 +109,16 @@ class Method(abc.ABC):
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
             raise UserError(f"method {self.name} supports only {' and '.join(self.modes)} forgetting, not {mode}")
+
+
+def torch_sgd(learning_rate: float | Schedule, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    """PyTorch's SGD(lr, momentum, weight_decay): coupled L2 (g + λθ), then momentum b = μb + g, then −lr·b."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
+
+
+def shuffled_blocks(indices: np.ndarray, batch_size: int, rng: np.random.Generator, column: str) -> list[Block]:
+    """One pass over `indices` in a random order as blocks of `column`: full batches, then the remainder."""
+    return [{column: block} for block in batch_blocks(rng.permutation(indices), batch_size)]
 
 
 def batch_blocks(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -7,11 +7,13 @@ joint forward (BatchNorm in train mode over both). The loss is λ_UL·L_CT + λ_
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxunlearn.config import TrainConfig
+from jaxunlearn.engine.parallel import AXIS
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import contrastive_unlearning_loss, cross_entropy
 from jaxunlearn.methods.base import Context, Method, batch_blocks
@@ -40,7 +42,7 @@ class Contrastive(Method):
     def default_hparams(self, mode: str, original: TrainConfig) -> ContrastiveHparams:
         return ContrastiveHparams(batch_size=64 if mode == "class" else 128)
 
-    def optimizer(self, hparams: ContrastiveHparams, steps_per_epoch: int):
+    def optimizer(self, hparams: ContrastiveHparams, steps_per_epoch, aux):
         return optax.sgd(hparams.learning_rate, momentum=hparams.momentum), optax.constant_schedule(
             hparams.learning_rate
         )
@@ -76,12 +78,14 @@ class Contrastive(Method):
     def loss_fn(self, hparams: ContrastiveHparams, context: Context):
         mode = context.mode
 
-        def loss(model, batch):
+        def loss(model, batch, step):
             (forget_x, forget_y), (retain_x, retain_y) = batch["forget"], batch["retain"]
             logits, feat = model(jnp.concatenate([forget_x, retain_x]), train=True)
             n_forget = forget_x.shape[0]
+            # Each device's anchors meet the retain samples of the whole global batch.
+            retain_feat = jax.lax.all_gather(feat[n_forget:], AXIS, tiled=True)
             contrastive = contrastive_unlearning_loss(
-                feat[:n_forget], feat[n_forget:], forget_y, retain_y,
+                feat[:n_forget], retain_feat, forget_y, jax.lax.all_gather(retain_y, AXIS, tiled=True),
                 temperature=hparams.temperature, mode=mode,
             )
             ce = cross_entropy(logits[n_forget:], retain_y)

@@ -14,8 +14,8 @@ class Retrain(Method):
     def default_hparams(self, mode: str, original: TrainConfig) -> SupervisedHparams:
         return original.recipe
 
-    def optimizer(self, hparams: SupervisedHparams, steps_per_epoch: int):
-        return supervised_optimizer(hparams, steps_per_epoch)
+    def optimizer(self, hparams: SupervisedHparams, steps_per_epoch, aux):
+        return supervised_optimizer(hparams, steps_per_epoch[0])
 
     def plan(self, hparams: SupervisedHparams, context: Context, epoch: int):
         return supervised_plan(context.split.retain, hparams.batch_size, np.random.default_rng([context.seed, epoch]))

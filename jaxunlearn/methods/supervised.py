@@ -6,7 +6,7 @@ import optax
 from flax import nnx
 
 from jaxunlearn.config import SupervisedHparams
-from jaxunlearn.engine.loop import Batch, Block
+from jaxunlearn.engine.loop import Batch, Block, StepContext
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Schedule
@@ -37,7 +37,7 @@ def supervised_plan(indices: np.ndarray, batch_size: int, rng: np.random.Generat
     return [{"train": rng.permutation(indices)[:usable].reshape(-1, batch_size).astype(np.int32)}]
 
 
-def supervised_loss(model: nnx.Module, batch: Batch):
+def supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
     """Cross-entropy of the model in train mode on batch["train"]."""
     images, labels = batch["train"]
     logits, _ = model(images, train=True)

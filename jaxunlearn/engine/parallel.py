@@ -1,0 +1,143 @@
+"""Devices and hosts: the 1-D `data` mesh, multi-process start, and moving arrays onto the mesh.
+
+Every training step runs per device over the mesh axis `data` (`AXIS`): under `jax.shard_map` (default) or
+`jax.pmap`. Parameters, optimizer state and the uint8 dataset are replicated; each device gathers its shard
+of every batch from its own replica. With one device the axis has size 1 and the same code runs.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxunlearn.errors import UserError
+
+AXIS = "data"
+"""The name of the batch axis, used by the collectives of steps, losses and BatchNorm."""
+
+Backend = Literal["shard_map", "pmap"]
+BACKENDS: tuple[str, ...] = ("shard_map", "pmap")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run is laid out on the hardware; not part of its configuration (a run resumes on other devices).
+
+    devices: how many of `jax.devices()` (all hosts) to use; None = all.
+    backend: "shard_map" or "pmap" for the per-device step.
+    """
+
+    devices: int | None = None
+    backend: Backend = "shard_map"
+
+    def mesh(self) -> jax.sharding.Mesh:
+        return data_mesh(self.devices)
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                           *, auto: bool = False) -> None:
+    """Start multi-process JAX before any other JAX call.
+
+    With a coordinator "HOST:PORT", `num_processes` and `process_id` are required; `auto` calls
+    `jax.distributed.initialize()` with no arguments (Cloud TPU, SLURM, Open MPI, Kubernetes detect
+    themselves). Bad settings raise UserError.
+    """
+    if coordinator is None:
+        if num_processes is not None or process_id is not None:
+            raise UserError("--num-processes and --process-id need --coordinator HOST:PORT")
+        if auto:
+            jax.distributed.initialize()
+        return
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+    if num_processes is None or process_id is None:
+        raise UserError("--coordinator needs --num-processes and --process-id")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh named `AXIS` over the first `devices` devices (all by default)."""
+    available = jax.device_count()
+    count = available if devices is None else devices
+    if not 1 <= count <= available:
+        raise UserError(f"--devices must be between 1 and the {available} available, got {devices}")
+    if count % jax.process_count():
+        raise UserError(f"--devices {count} must be a multiple of the {jax.process_count()} processes")
+    # Take the same number of devices from every process, so that each host feeds its own.
+    per_process = count // jax.process_count()
+    chosen = [d for p in range(jax.process_count())
+              for d in [d for d in jax.devices() if d.process_index == p][:per_process]]
+    return jax.sharding.Mesh(np.asarray(chosen), (AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def local_mesh() -> jax.sharding.Mesh:
+    """A 1-device mesh on this process's first device (for work each process does alone)."""
+    return jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), (AXIS,),
+                             axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Place host or device arrays fully replicated on `mesh` (every process passes the same values)."""
+    sharding = replicated(mesh)
+    if not any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def shard_columns(block: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Place int [steps, B] arrays (the same on every process) with B split over the mesh.
+
+    Each process transfers only the columns of its own devices.
+    """
+    sharding = NamedSharding(mesh, P(None, AXIS))
+
+    def place(columns: np.ndarray) -> jax.Array:
+        if mesh.devices.size == len(mesh.local_devices):
+            return jax.device_put(columns, sharding)
+        share = columns.shape[1] // jax.process_count()
+        mine = columns[:, jax.process_index() * share:(jax.process_index() + 1) * share]
+        return jax.make_array_from_process_local_data(sharding, mine, columns.shape)
+
+    return {name: place(columns) for name, columns in block.items()}
+
+
+def fit_to_devices(block: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
+    """Widen a block whose batch width B is not a multiple of `devices` by repeating its first columns.
+
+    Only partial batches (a method's remainder) are ever affected: on D devices a batch of B samples
+    becomes ceil(B/D)·D samples, the first few used twice. Full batches must divide evenly (checked).
+    """
+    width = next(iter(block.values())).shape[1]
+    if width % devices == 0:
+        return block
+    repeated = np.arange(-width % devices) % width
+    return {name: np.concatenate([columns, columns[:, repeated]], axis=1) for name, columns in block.items()}
+
+
+def local_replica(tree: Any) -> Any:
+    """This process's copy of a replicated tree, on its first local device (for evaluation and saving)."""
+    device = jax.local_devices()[0]
+
+    def one(x):
+        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            shard = next(s for s in x.addressable_shards if s.device == device) \
+                if device in x.sharding.device_set else x.addressable_shards[0]
+            return jax.device_put(shard.data, device)
+        return x
+
+    return jax.tree.map(one, tree)
+
+
+def is_main_process() -> bool:
+    """True on the process that writes logs, JSON and reports (process 0)."""
+    return jax.process_index() == 0
