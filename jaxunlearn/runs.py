@@ -115,15 +115,15 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     mesh = execution.mesh()
     _check_positive(config.recipe)
     dataset = load_dataset(config.dataset, config.data_dir)
+    everything = np.arange(len(dataset.train_labels))
+    plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
+                                         np.random.default_rng([config.seed, epoch]))
+    _check_batches(plan(0), mesh)
     graphdef, params, batch_stats = _model_state(config, dataset, initialise=True)
     workdir = prepare_workdir(workdir, {"kind": "train", "config": to_json(config)})
 
     data = DeviceData.from_dataset(dataset)
-    everything = np.arange(len(dataset.train_labels))
-    plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
-                                         np.random.default_rng([config.seed, epoch]))
     tx, schedule = supervised_optimizer(config.recipe, steps_in(plan(0)))
-    _check_batches(plan(0), mesh)
     predict = make_predictor(graphdef, data.mean, data.std)
     test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
     procedure = Procedure(

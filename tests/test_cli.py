@@ -178,3 +178,26 @@ def test_a_killed_run_keeps_its_last_checkpoint_and_resumes(tmp_path):
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 12 * (1438 // 64) + 1))  # no step lost or repeated
     assert checkpoint.read_meta(workdir)["epoch"] == 12
+
+
+def test_bad_device_settings(tmp_path, digits_run, capsys):
+    source, _ = digits_run
+    workdir = tmp_path / "w"
+    assert run_cli("train", "--devices", "0", "--workdir", workdir) == 2
+    assert "--devices must be between 1 and the 8 available" in error_line(capsys)
+    assert run_cli("train", "--devices", "3", "--batch-size", "64", "--workdir", workdir) == 2
+    assert "batch size 64 is not a multiple of the 3 devices" in error_line(capsys)
+    assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
+                   "--workdir", workdir, "--coordinator", "nowhere") == 2
+    assert "HOST:PORT" in error_line(capsys)
+    assert not workdir.exists()
+
+
+def test_pmap_backend_unlearns_on_two_devices(digits_run, tmp_path):
+    """The CU remainder batch (146 mod 64 = 18 forget samples) divides by 2: no widening."""
+    source, _ = digits_run
+    workdir = tmp_path / "pmap"
+    assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
+                   "--workdir", workdir, "--epochs", "1", "--devices", "2", "--backend", "pmap") == 0
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * 4 and all(np.isfinite(line["loss"]) for line in lines)
