@@ -45,6 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="directory of the dataset files (Fashion-MNIST IDX or TFDS data_dir)")
     train.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
     train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
+    train.add_argument("--train-size", type=int, help="train on a fixed stratified subset of about N images")
+    train.add_argument("--test-size", type=int, help="evaluate on a fixed stratified subset of about N images")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.learning_rate)
@@ -92,6 +94,20 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train, forget digit 5 with CU, retrain, print the table")
     demo.add_argument("--json", help="also write the results as JSON to this path")
     demo.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
+
+    bench = commands.add_parser("bench", help="time the compiled CU and train steps on synthetic data")
+    bench.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
+    bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
+    bench.add_argument("--batch", type=int, default=64,
+                       help="B: the CU step takes B forget + B retain images, the train step 2B (default 64)")
+    bench.add_argument("--image-size", type=int, default=32, help="height and width of the images (default 32)")
+    bench.add_argument("--channels", type=int, default=3)
+    bench.add_argument("--classes", type=int, default=10)
+    bench.add_argument("--steps", type=int, default=5, help="optimizer steps per timed call, one compiled scan")
+    bench.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up call (median)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the model, the images and the batches")
+    bench.add_argument("--json", help="also write every figure as JSON to this path")
+    _add_execution_flags(bench)
     return parser
 
 
@@ -100,6 +116,7 @@ def _train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, seed=args.seed,
+        train_size=args.train_size, test_size=args.test_size,
         recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay),
     )
@@ -134,13 +151,12 @@ def _unlearn(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from jaxunlearn.data.sources import load_dataset
-    from jaxunlearn.runs import evaluate_run, obtain_split, source_config
+    from jaxunlearn.runs import evaluate_run, obtain_split, source_config, training_data
 
     split = None
     if args.forget:
         original = source_config(args.source)
-        dataset = load_dataset(original.dataset, original.data_dir)
+        dataset = training_data(original)
         split = obtain_split(args.source, dataset, args.forget, args.protocol, args.seed)
     if args.relearn_steps < 0:
         raise UserError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
@@ -159,6 +175,22 @@ def _demo(args: argparse.Namespace) -> None:
     from jaxunlearn.demo import run_demo
 
     run_demo(args.workdir, args.json)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import jax
+
+    from jaxunlearn.bench import BenchConfig, format_report, run_bench, write_json
+
+    jax.config.update("jax_enable_compilation_cache", False)  # time real compilations, not cache reads
+    config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
+                         channels=args.channels, classes=args.classes, devices=args.devices,
+                         backend=args.backend, steps=args.steps, repeats=args.repeats, seed=args.seed)
+    result = run_bench(config)
+    if is_main_process():
+        print(format_report(result))
+        if args.json:
+            write_json(result, args.json)
 
 
 def format_metrics(metrics: dict) -> str:
@@ -182,7 +214,8 @@ def _configure_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo}
+    handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
+                "bench": _bench}
     try:
         if "coordinator" in args:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)

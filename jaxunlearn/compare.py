@@ -7,11 +7,10 @@ import numpy as np
 
 from jaxunlearn import checkpoint
 from jaxunlearn.config import train_config_from_json
-from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import Split, load_split
 from jaxunlearn.errors import UserError
 from jaxunlearn.report import RunSummary, write_report
-from jaxunlearn.runs import evaluate_run, run_embeddings
+from jaxunlearn.runs import evaluate_run, run_embeddings, training_data
 
 EMBEDDED_RETAIN = 2000
 """Retain samples embedded per model for the projection plot (the first ones in dataset order)."""
@@ -53,7 +52,7 @@ def report_runs(runs: list[str | Path], out_dir: str | Path) -> list[Path]:
     reference = named.get("retrain")
     meta = checkpoint.read_meta(named["original"])
     original = train_config_from_json(meta["train_config"])
-    dataset = load_dataset(original.dataset, original.data_dir)
+    dataset = training_data(original)
     retain_shown = split.retain[:EMBEDDED_RETAIN]
     summaries = []
     for name, run in named.items():

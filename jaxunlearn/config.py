@@ -31,6 +31,8 @@ class TrainConfig:
     """`jaxunlearn train`: the original model.
 
     dataset: "digits", "fashion_mnist", or a TFDS name prepared under data_dir.
+    train_size, test_size: use a fixed stratified subset of about this many images (None: all), for
+      CPU-scale experiments; see `jaxunlearn.data.sources.stratified_subset`.
     model: "resnet18" | "resnet34" | "resnet50" | "resnet101"; width multiplies every channel count.
     """
 
@@ -40,6 +42,8 @@ class TrainConfig:
     width: float = 1.0
     seed: int = 0
     recipe: SupervisedHparams = SupervisedHparams()
+    train_size: int | None = None
+    test_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,7 @@ import tempfile
 from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
-from jaxunlearn.data.sources import load_dataset
-from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn, write_json
+from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn, write_json
 
 FORGET = "class:5"
 TRAIN = TrainConfig(dataset="digits", model="resnet18", width=0.125,
@@ -29,7 +28,7 @@ def run_demo(workdir: str | None = None, json_path: str | None = None) -> dict[s
 def _run(root: Path, json_path: str | None) -> dict[str, dict[str, float]]:
     original = root / "original"
     train(TRAIN, original)
-    split = obtain_split(original, load_dataset(TRAIN.dataset), FORGET, "default", 0)
+    split = obtain_split(original, training_data(TRAIN), FORGET, "default", 0)
     rows = {"original": evaluate_run(original, split)}
     rows["retrain"] = unlearn(UnlearnConfig(method="retrain", forget=FORGET, hparams={}), original, root / "retrain")
     rows["contrastive"] = unlearn(UnlearnConfig(method="contrastive", forget=FORGET, hparams={}), original,

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jaxunlearn import checkpoint
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json, train_config_from_json
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.data.sources import Dataset, load_dataset
+from jaxunlearn.data.sources import Dataset, load_dataset, stratified_subset
 from jaxunlearn.data.splits import Split, load_split, make_split, parse_forget, save_split
 from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
 from jaxunlearn.engine.parallel import AXIS, Execution, is_main_process
@@ -96,6 +96,14 @@ def _model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool):
     return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
 
 
+def training_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
+    """The dataset a training configuration defines (its subset, if any); `data_dir` overrides its place."""
+    dataset = load_dataset(config.dataset, data_dir or config.data_dir)
+    if config.train_size is None and config.test_size is None:
+        return dataset
+    return stratified_subset(dataset, config.train_size, config.test_size)
+
+
 def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
     return {"train": dataset.train_labels, "test": dataset.test_labels}
 
@@ -114,7 +122,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     """
     mesh = execution.mesh()
     _check_positive(config.recipe)
-    dataset = load_dataset(config.dataset, config.data_dir)
+    dataset = training_data(config)
     everything = np.arange(len(dataset.train_labels))
     plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
                                          np.random.default_rng([config.seed, epoch]))
@@ -199,7 +207,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     method = get_method(config.method)
     original = source_config(source)
     hparams = resolve_hparams(config, original)
-    dataset = load_dataset(original.dataset, config.data_dir or original.data_dir)
+    dataset = training_data(original, config.data_dir)
     split = obtain_split(source, dataset, config.forget, config.protocol, config.seed)
     graphdef, params, batch_stats = _model_state(original, dataset, initialise=method.from_scratch)
     if not method.from_scratch:
@@ -273,7 +281,7 @@ def evaluate_run(run: str | Path, split: Split | None = None, *, reference: str 
     run = Path(run)
     meta = checkpoint.read_meta(run)
     original = train_config_from_json(meta["train_config"])
-    dataset = load_dataset(original.dataset, original.data_dir)
+    dataset = training_data(original)
     if split is None and (run / "split.npz").exists():
         split = load_split(run / "split.npz")
     if reference is not None:

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxunlearn.data import load_dataset
-from jaxunlearn.data.sources import DEFAULT_FASHION_MNIST_DIR
+from jaxunlearn.data.sources import DEFAULT_FASHION_MNIST_DIR, stratified_subset
 from jaxunlearn.errors import UserError
 
 OFFICIAL_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -60,6 +60,24 @@ def test_digits_is_deterministic_and_covers_all_images():
     not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
     reason=f"{DEFAULT_FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)",
 )
+def test_stratified_subset_is_fixed_balanced_and_ordered():
+    digits = load_dataset("digits")
+    subset = stratified_subset(digits, 719, None)  # half of the 1,438 train images
+    assert abs(len(subset.train_labels) - 719) <= 10  # round() per class: at most 1 off per class
+    full_counts, counts = np.bincount(digits.train_labels), np.bincount(subset.train_labels)
+    np.testing.assert_array_equal(counts, np.round(full_counts / 2))
+    np.testing.assert_array_equal(subset.test_labels, digits.test_labels)  # test untouched
+    again = stratified_subset(digits, 719, None)
+    np.testing.assert_array_equal(again.train_images, subset.train_images)
+    # Original order kept: each kept image appears in the full set, in increasing positions.
+    flat = digits.train_images.reshape(len(digits.train_labels), -1)
+    positions = [np.flatnonzero((flat == image.ravel()).all(axis=1))[0] for image in subset.train_images[:50]]
+    assert positions == sorted(positions)
+    assert subset.mean == digits.mean
+    with pytest.raises(UserError, match="test size must be between 1 and 359"):
+        stratified_subset(digits, None, 360)
+
+
 def test_fashion_mnist_real_files():
     dataset = load_dataset("fashion_mnist")
     assert (len(dataset.train_images), len(dataset.test_images)) == (60000, 10000)

@@ -7,6 +7,7 @@ Any other name is read from a TFDS dataset prepared in array_record format.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 from dataclasses import dataclass
@@ -72,6 +73,25 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     if name == "fashion_mnist":
         return _load_fashion_mnist(Path(data_dir or DEFAULT_FASHION_MNIST_DIR))
     return _load_tfds(name, data_dir)
+
+
+def stratified_subset(dataset: Dataset, train_size: int | None, test_size: int | None) -> Dataset:
+    """The dataset reduced to about `train_size` train and `test_size` test images (None: all).
+
+    Every class keeps round(size/N · its count) images, chosen by a fixed permutation (seed 0) and kept in
+    their original order, so a subset is part of the dataset's definition: the same for every run and seed.
+    The normalisation stays the full dataset's. UserError for sizes outside [1, N].
+    """
+    sets = {}
+    for part, size in (("train", train_size), ("test", test_size)):
+        images, labels = getattr(dataset, f"{part}_images"), getattr(dataset, f"{part}_labels")
+        if size is not None:
+            if not 1 <= size <= len(labels):
+                raise UserError(f"{part} size must be between 1 and {len(labels)}, got {size}")
+            keep = _stratified_test_mask(labels, size / len(labels), seed=0)
+            images, labels = images[keep], labels[keep]
+        sets[f"{part}_images"], sets[f"{part}_labels"] = images, labels
+    return dataclasses.replace(dataset, **sets)
 
 
 def _channel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
