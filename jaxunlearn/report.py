@@ -25,7 +25,10 @@ __all__ = [
     "METRIC_DESCRIPTIONS",
     "RunSummary",
     "gap_table",
+    "mean_std_summaries",
+    "seed_table",
     "write_report",
+    "write_seed_report",
 ]
 
 
@@ -622,3 +625,94 @@ def _curves_figure(summaries: list[RunSummary]) -> Any:
         ax.set_xlabel(x_label)
     axes[0].set_xlim(min(0.0, x_min), x_max * (1.15 if log_x else 1.02) if x_max > 0 else 1.0)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several seeds
+
+
+def seed_table(per_seed: dict[str, list[dict[str, float]]], reference: str = "retrain",
+               metrics: Sequence[str] = DEFAULT_TABLE_METRICS) -> str:
+    """A markdown table of mean ± std over seeds, with the mean per-seed gap to the reference.
+
+    per_seed: run name → one metrics dict per seed, the i-th of every run from the same seed (same original
+    model and split). A cell is "mean ± std (gap)" with gap = mean over seeds of |value − reference's value
+    of that seed| in display units; the reference's row shows "mean ± std". std is the sample standard
+    deviation (ddof 1; 0 for one seed). "avg gap" averages the gaps of AVG_GAP_METRICS. Raises ValueError
+    when `reference` names no run or runs have different numbers of seeds.
+    """
+    ref_runs = _require(per_seed, reference, "reference")
+    if any(len(runs) != len(ref_runs) for runs in per_seed.values()):
+        raise ValueError("every run needs one metrics dict per seed, in the same seed order")
+    summaries = {name: [RunSummary(name, m, [], []) for m in runs] for name, runs in per_seed.items()}
+    references = summaries[reference]
+    columns = [m for m in dict.fromkeys(metrics)
+               if any(_value(s, m) is not None for runs in summaries.values() for s in runs)]
+    header = ["run", *(f"{m}{_unit(m)}" for m in columns), "avg gap (%)"]
+    lines = [f"| {' | '.join(header)} |", "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|"]
+    for name, runs in summaries.items():
+        cells = [_md_escape(name) + (" (reference)" if name == reference else "")]
+        gaps_by_metric = {}
+        for metric in columns:
+            values = [_value(s, metric) for s in runs]
+            if any(v is None for v in values):
+                cells.append(_DASH)
+                continue
+            shown = np.array([_display(metric, v) for v in values])
+            std = float(shown.std(ddof=1)) if len(shown) > 1 else 0.0
+            cell = f"{_format_shown(metric, float(shown.mean()))} ± {_format_shown(metric, std)}"
+            gaps = [_gap(metric, v, _value(r, metric)) for v, r in zip(values, references)]
+            if name != reference:
+                gap = None if any(g is None for g in gaps) else float(np.mean(gaps))
+                gaps_by_metric[metric] = gap
+                cell += f" ({_DASH if gap is None else _format_shown(metric, gap)})"
+            cells.append(cell)
+        avg = [g for m in AVG_GAP_METRICS if (g := gaps_by_metric.get(m)) is not None]
+        cells.append("0.00" if name == reference else (f"{np.mean(avg):.2f}" if avg else _DASH))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_std_summaries(per_seed: dict[str, list[dict[str, float]]]) -> list[RunSummary]:
+    """One RunSummary per run holding the mean over seeds of every metric, with `<metric>_low`/`_high` at
+    mean ∓ std so the bar figures draw the spread over seeds as whiskers."""
+    summaries = []
+    for name, runs in per_seed.items():
+        metrics: dict[str, float] = {}
+        for metric in {m for run in runs for m in run if not m.endswith(("_low", "_high"))}:
+            values = [v for run in runs if (v := _value(RunSummary(name, run, [], []), metric)) is not None]
+            if len(values) == len(runs):
+                mean = float(np.mean(values))
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                metrics.update({metric: mean, f"{metric}_low": mean - std, f"{metric}_high": mean + std})
+        summaries.append(RunSummary(name, metrics, [], []))
+    return summaries
+
+
+def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str | Path, *, title: str,
+                      notes: str = "", reference: str = "retrain") -> list[Path]:
+    """Write out_dir/report.md (the `seed_table` and `notes`) and accuracy.png / mia.png of the means with
+    ±std whiskers over seeds; return the written paths (figures first, report.md last)."""
+    summaries = mean_std_summaries(per_seed)
+    ref = _require(_by_name(summaries), reference, "reference")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in (("accuracy.png", _accuracy_figure(summaries, ref)), ("mia.png", _mia_figure(summaries, ref))):
+        if fig is not None:
+            _save_figure(fig, out / name)
+            written.append(out / name)
+    seeds = len(next(iter(per_seed.values())))
+    lines = [f"# {title}", "", notes.strip(), "",
+             f"## Mean ± std over {seeds} seed{'s' if seeds > 1 else ''}, gap to `{reference}`", "",
+             f"Each cell is *mean ± std (mean over seeds of |value − {reference}'s value of the same seed|)*; "
+             f"accuracies and MIA in percent. *avg gap*: the mean of the gaps of {', '.join(AVG_GAP_METRICS)} "
+             "(SalUn's Avg. Gap); lower is better. – = not available.", "",
+             seed_table(per_seed, reference), "## Figures", ""]
+    for path in written:
+        lines += [f"![{path.stem}]({path.name})", "",
+                  _CAPTIONS[path.name] + " Bars: mean over seeds; whiskers: ± one standard deviation.", ""]
+    report = out / "report.md"
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    _atomic_write(report, lambda f: f.write(text), "w")
+    return [*written, report]

@@ -1,0 +1,179 @@
+"""Experiments: one protocol, every method, several seeds, one command, resumable.
+
+A protocol is a Python file under experiments/protocols/ that defines `PROTOCOL = ExperimentProtocol(...)`.
+For each seed the runner trains (or reuses) one original model, makes the split once (saved with the
+original, so every method forgets the same samples), runs the retrained reference and then every method
+on it, and evaluates each run against the reference. Results are appended to `OUT/results.json` after every
+run, so an interrupted experiment resumes where it stopped (an interrupted run resumes from its own last
+checkpoint). At the end `OUT/report.md` holds the mean ± std table with the gap to the retrained model, and
+the plots.
+
+Layout: RUNS/<protocol>/seed<S>/{original, retrain, <method>...}; OUT/{results.json, report.md, *.png}.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jaxunlearn.config import Protocol, TrainConfig, UnlearnConfig, to_json
+from jaxunlearn.data.splits import PROTOCOLS, parse_forget
+from jaxunlearn.engine.parallel import Execution, is_main_process
+from jaxunlearn.errors import UserError
+from jaxunlearn.evaluation.relearn import RelearnSettings
+from jaxunlearn.methods import get_method
+from jaxunlearn.report import write_seed_report
+from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn, write_json
+
+REFERENCE = "retrain"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentProtocol:
+    """One experiment. Its file's docstring says how to run it and what it costs.
+
+    train: the original model's configuration (its seed is replaced by each experiment seed).
+    forget: "class:5" or "random:500"; every method forgets the same split of each seed's original.
+    methods: run after the retrained reference, in this order.
+    hparams: per-method overrides as `--hp NAME=VALUE` strings, e.g. {"finetune": {"epochs": "5"}}.
+    reference_hparams: overrides for the retrained reference (by default the original's recipe).
+    """
+
+    name: str
+    description: str
+    train: TrainConfig
+    forget: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    hparams: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    reference_hparams: dict[str, str] = dataclasses.field(default_factory=dict)
+    protocol: Protocol = "default"
+    relearn_steps: int = RelearnSettings.max_steps
+
+    def check(self) -> None:
+        """UserError for an unknown method, a bad forget set or protocol, or overrides of unlisted methods."""
+        parse_forget(self.forget)
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"protocol {self.name}: unknown split protocol {self.protocol!r}")
+        for method in self.methods:
+            get_method(method).check_mode(parse_forget(self.forget).mode)
+        if REFERENCE in self.methods:
+            raise UserError(f"protocol {self.name}: {REFERENCE} always runs as the reference; do not list it")
+        unknown = set(self.hparams) - set(self.methods)
+        if unknown:
+            raise UserError(f"protocol {self.name}: hparams for methods it does not run: {', '.join(sorted(unknown))}")
+        if not self.seeds:
+            raise UserError(f"protocol {self.name}: no seeds")
+
+
+def load_protocol(path: str | Path) -> ExperimentProtocol:
+    """The PROTOCOL defined by the Python file `path`; UserError when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no protocol file {path}")
+    spec = importlib.util.spec_from_file_location(f"jaxunlearn_protocol_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    protocol = getattr(module, "PROTOCOL", None)
+    if not isinstance(protocol, ExperimentProtocol):
+        raise UserError(f"{path} defines no PROTOCOL = ExperimentProtocol(...)")
+    protocol.check()
+    return protocol
+
+
+def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: str | Path, *,
+                   seeds: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None,
+                   execution: Execution = Execution()) -> dict[str, Any]:
+    """Run (or resume) `protocol` for `seeds` and `methods` (default: the protocol's), then write the report.
+
+    Returns the results: {"protocol": ..., "runs": {seed: {run name: metrics}}} as in results.json.
+    """
+    protocol.check()
+    seeds = protocol.seeds if seeds is None else seeds
+    methods = protocol.methods if methods is None else methods
+    unknown = set(methods) - set(protocol.methods)
+    if unknown:
+        raise UserError(f"protocol {protocol.name} has no method {', '.join(sorted(unknown))}")
+    out = Path(out_dir)
+    results_path = out / "results.json"
+    results = _load_results(results_path, protocol)
+    relearn = RelearnSettings(max_steps=protocol.relearn_steps)
+    for seed in seeds:
+        root = Path(runs_dir) / protocol.name / f"seed{seed}"
+        done = results["runs"].setdefault(str(seed), {})
+        original = root / "original"
+        train_config = dataclasses.replace(protocol.train, seed=seed)
+        for name in ("original", REFERENCE, *methods):
+            if name in done:
+                continue
+            _announce(f"{protocol.name} seed {seed}: {name}")
+            started = time.perf_counter()
+            if name == "original":  # evaluated once the reference exists
+                train(train_config, original, execution=execution)
+                metrics = {}
+            else:
+                overrides = protocol.reference_hparams if name == REFERENCE else protocol.hparams.get(name, {})
+                config = UnlearnConfig(method=name, forget=protocol.forget, hparams=overrides,
+                                       protocol=protocol.protocol, seed=seed)
+                unlearn(config, original, root / name, execution=execution)
+                metrics = evaluate_run(root / name, reference=root / REFERENCE, relearn=relearn)
+            done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
+            if name == REFERENCE:
+                split = obtain_split(original, training_data(train_config), protocol.forget, protocol.protocol, seed)
+                done["original"] = {**evaluate_run(original, split, reference=root / REFERENCE, relearn=relearn),
+                                    "wall_seconds": done["original"]["wall_seconds"]}
+            _save(results, results_path)
+    if is_main_process():
+        write_experiment_report(results, out)
+    return results
+
+
+def _save(results: dict[str, Any], path: Path) -> None:
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, results)
+
+
+def _load_results(path: Path, protocol: ExperimentProtocol) -> dict[str, Any]:
+    described = json.loads(json.dumps(to_json(protocol)))
+    if not path.exists():
+        return {"protocol": described, "runs": {}}
+    results = json.loads(path.read_text())
+    if results.get("protocol") != described:
+        raise UserError(f"{path} holds results of another protocol definition; choose another --out")
+    return results
+
+
+def write_experiment_report(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """report.md and plots over the seeds whose original is evaluated, with the methods every such seed has
+    (a partly run experiment reports what it has; the notes say which seeds)."""
+    protocol = results["protocol"]
+    complete = [seed for seed, runs in results["runs"].items()
+                if REFERENCE in runs and "test_acc" in runs.get("original", {})]
+    if not complete:
+        return []
+    names = ["original", REFERENCE, *(m for m in protocol["methods"]
+                                      if all(m in results["runs"][seed] for seed in complete))]
+    per_seed = {name: [results["runs"][seed][name] for seed in complete] for name in names}
+    train_config = protocol["train"]
+    notes = "\n".join([
+        protocol["description"].strip(), "",
+        f"Dataset `{train_config['dataset']}` (train size {train_config['train_size'] or 'all'}, "
+        f"test size {train_config['test_size'] or 'all'}), {train_config['model']} width {train_config['width']}; "
+        f"forget `{protocol['forget']}`, split protocol `{protocol['protocol']}`; seeds {', '.join(complete)} "
+        f"of {', '.join(str(s) for s in protocol['seeds'])}.",
+        "Per-method overrides of the reference defaults: "
+        + (", ".join(f"`{m}`: {', '.join(f'{k}={v}' for k, v in hp.items())}" for m, hp in protocol["hparams"].items())
+           or "none") + ".",
+        "`seconds` is the unlearning run's own training time (epochs and their per-epoch evaluation); "
+        "`wall_seconds` in results.json adds set-up and the full evaluation.",
+    ])
+    return write_seed_report(per_seed, out_dir, title=f"Experiment {protocol['name']}", notes=notes)
+
+
+def _announce(message: str) -> None:
+    if is_main_process():
+        print(f"== {message}", file=sys.stderr, flush=True)

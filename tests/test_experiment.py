@@ -1,0 +1,65 @@
+"""The experiment runner end to end on the smallest protocol (digits, 1 seed, 2 methods), and resuming."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jaxunlearn.cli import main
+from jaxunlearn.experiment import ExperimentProtocol, load_protocol
+from jaxunlearn.errors import UserError
+
+pytestmark = pytest.mark.slow
+
+SMOKE = Path(__file__).parents[1] / "experiments" / "protocols" / "digits_smoke.py"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    assert main(["experiment", str(SMOKE), "--runs-dir", str(root / "runs"), "--out", str(root / "out")]) == 0
+    return root
+
+
+def test_every_run_is_evaluated_against_the_reference(experiment):
+    results = json.loads((experiment / "out" / "results.json").read_text())
+    runs = results["runs"]["0"]
+    assert list(runs) == ["original", "retrain", "contrastive", "gradient_ascent"]
+    assert runs["retrain"]["forget_test_acc"] == 0.0  # never saw class 5
+    assert runs["original"]["forget_test_acc"] > 0.5
+    assert runs["contrastive"]["forget_test_acc"] < runs["original"]["forget_test_acc"]
+    for name in ("original", "contrastive", "gradient_ascent"):
+        assert {"js_forget", "l2_to_reference", "mia_efficacy", "wall_seconds"} <= set(runs[name])
+        assert runs[name]["split_hash"] == runs["retrain"]["split_hash"]  # one split for every method
+    report = (experiment / "out" / "report.md").read_text()
+    assert "| contrastive |" in report and "± 0.00 (" in report  # one seed: std 0, then the gap
+    assert {"accuracy.png", "mia.png"} <= {p.name for p in (experiment / "out").iterdir()}
+
+
+def test_a_rerun_resumes_and_runs_only_what_is_missing(experiment):
+    out, runs = experiment / "out", experiment / "runs" / "digits_smoke" / "seed0"
+    results = json.loads((out / "results.json").read_text())
+    del results["runs"]["0"]["gradient_ascent"]
+    (out / "results.json").write_text(json.dumps(results))
+    shutil.rmtree(runs / "gradient_ascent")
+    contrastive_checkpoints = sorted(p.name for p in (runs / "contrastive" / "checkpoints").iterdir())
+    assert main(["experiment", str(SMOKE), "--runs-dir", str(experiment / "runs"), "--out", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())["runs"]["0"]
+    assert again["contrastive"] == results["runs"]["0"]["contrastive"]  # not re-run
+    assert "gradient_ascent" in again and (runs / "gradient_ascent" / "metrics.json").exists()
+    assert sorted(p.name for p in (runs / "contrastive" / "checkpoints").iterdir()) == contrastive_checkpoints
+
+
+def test_bad_protocols_are_refused(tmp_path, capsys):
+    protocol = load_protocol(SMOKE)
+    with pytest.raises(UserError, match="retrain always runs as the reference"):
+        ExperimentProtocol(**{**protocol.__dict__, "methods": ("retrain",)}).check()
+    with pytest.raises(UserError, match="unsir supports only class forgetting"):
+        ExperimentProtocol(**{**protocol.__dict__, "forget": "random:10", "methods": ("unsir",),
+                              "hparams": {}}).check()
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    assert main(["experiment", str(tmp_path / "empty.py"), "--out", str(tmp_path / "o")]) == 2
+    assert "defines no PROTOCOL" in capsys.readouterr().err
+    assert main(["experiment", str(SMOKE), "--seeds", "7", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
