@@ -91,6 +91,15 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="run directories (the original is found from them)")
     report.add_argument("--out", required=True, help="directory for report.md and the PNG plots")
 
+    experiment = commands.add_parser("experiment", help="run a protocol for every method and seed (resumable)")
+    experiment.add_argument("protocol", help="a protocol file, e.g. experiments/protocols/digits_class5.py")
+    experiment.add_argument("--runs-dir", default="runs", help="where the runs go (default: runs)")
+    experiment.add_argument("--out", help="results, report and plots (default: experiments/results/<protocol>)")
+    experiment.add_argument("--seeds", help="comma-separated subset of the protocol's seeds")
+    experiment.add_argument("--methods", help="comma-separated subset of the protocol's methods")
+    experiment.add_argument("--data-dir", help="where the dataset is on this machine (TFDS data_dir or IDX directory)")
+    _add_execution_flags(experiment)
+
     demo = commands.add_parser("demo", help="train, forget digit 5 with CU, retrain, print the table")
     demo.add_argument("--json", help="also write the results as JSON to this path")
     demo.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
@@ -171,6 +180,28 @@ def _report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    from jaxunlearn.experiment import load_protocol, run_experiment
+
+    protocol = load_protocol(args.protocol)
+    out = args.out or str(Path("experiments") / "results" / protocol.name)
+    seeds = None if args.seeds is None else tuple(_integers("--seeds", args.seeds))
+    if seeds is not None and not set(seeds) <= set(protocol.seeds):
+        raise UserError(f"--seeds must be among the protocol's {list(protocol.seeds)}")
+    methods = None if args.methods is None else tuple(args.methods.split(","))
+    run_experiment(protocol, args.runs_dir, out, seeds=seeds, methods=methods, data_dir=args.data_dir,
+                   execution=_execution(args))
+    if is_main_process():
+        print(Path(out) / "report.md")
+
+
+def _integers(flag: str, text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def _demo(args: argparse.Namespace) -> None:
     from jaxunlearn.demo import run_demo
 
@@ -215,7 +246,7 @@ def _configure_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
-                "bench": _bench}
+                "bench": _bench, "experiment": _experiment}
     try:
         if "coordinator" in args:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)

@@ -86,9 +86,10 @@ def load_protocol(path: str | Path) -> ExperimentProtocol:
 
 def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: str | Path, *,
                    seeds: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None,
-                   execution: Execution = Execution()) -> dict[str, Any]:
+                   data_dir: str | None = None, execution: Execution = Execution()) -> dict[str, Any]:
     """Run (or resume) `protocol` for `seeds` and `methods` (default: the protocol's), then write the report.
 
+    data_dir: where the dataset is on this machine, if not where the protocol says.
     Returns the results: {"protocol": ..., "runs": {seed: {run name: metrics}}} as in results.json.
     """
     protocol.check()
@@ -105,7 +106,7 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
         root = Path(runs_dir) / protocol.name / f"seed{seed}"
         done = results["runs"].setdefault(str(seed), {})
         original = root / "original"
-        train_config = dataclasses.replace(protocol.train, seed=seed)
+        train_config = dataclasses.replace(protocol.train, seed=seed, data_dir=data_dir or protocol.train.data_dir)
         for name in ("original", REFERENCE, *methods):
             if name in done:
                 continue
@@ -117,7 +118,7 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
             else:
                 overrides = protocol.reference_hparams if name == REFERENCE else protocol.hparams.get(name, {})
                 config = UnlearnConfig(method=name, forget=protocol.forget, hparams=overrides,
-                                       protocol=protocol.protocol, seed=seed)
+                                       protocol=protocol.protocol, seed=seed, data_dir=data_dir)
                 unlearn(config, original, root / name, execution=execution)
                 metrics = evaluate_run(root / name, reference=root / REFERENCE, relearn=relearn)
             done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
@@ -177,3 +178,25 @@ def write_experiment_report(results: dict[str, Any], out_dir: Path) -> list[Path
 def _announce(message: str) -> None:
     if is_main_process():
         print(f"== {message}", file=sys.stderr, flush=True)
+
+
+PAPER_METHODS: tuple[str, ...] = (
+    "contrastive", "finetune", "gradient_ascent", "neggrad_plus", "random_label", "l1_sparse", "salun",
+    "boundary_shrink", "boundary_expand", "scrub", "unsir", "bad_teacher",
+)
+"""Every method the paper's comparison needs, in the order the reports list them."""
+
+
+def paper_protocol(dataset: str, model: str, forget: str) -> ExperimentProtocol:
+    """The paper's setup: full-width `model` trained on all of `dataset` with the official recipe (SGD lr 0.1,
+    momentum 0.9, weight decay 1e-4, cosine, 100 epochs, batch 256), the official splits (`class:5`: the
+    class minus its last image; `random:500`: the first 500 images), every method at its reference defaults,
+    seeds 0, 1, 2. Class-only methods are left out of sample forgetting."""
+    mode = parse_forget(forget).mode
+    methods = tuple(m for m in PAPER_METHODS if mode in get_method(m).modes)
+    name = f"{dataset}_{forget.replace(':', '')}_{model}"
+    return ExperimentProtocol(
+        name=name,
+        description=f"The paper's protocol: {model} on {dataset}, forget {forget}, official hyperparameters.",
+        train=TrainConfig(dataset=dataset, model=model), forget=forget, methods=methods, protocol="official",
+    )

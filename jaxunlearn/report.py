@@ -631,6 +631,14 @@ def _curves_figure(summaries: list[RunSummary]) -> Any:
 # Several seeds
 
 
+_SEED_CAPTIONS = {
+    "accuracy.png": "Accuracy on the forget, retain and test sets: mean over seeds (bars), ± one standard "
+                    "deviation (whiskers); dashed lines: the reference's mean. A good method matches the reference.",
+    "mia.png": "Membership-inference attack, MIA-efficacy and AUCs: mean over seeds (bars), ± one standard "
+               "deviation (whiskers); dashed lines: the reference's mean.",
+}
+
+
 def seed_table(per_seed: dict[str, list[dict[str, float]]], reference: str = "retrain",
                metrics: Sequence[str] = DEFAULT_TABLE_METRICS) -> str:
     """A markdown table of mean ± std over seeds, with the mean per-seed gap to the reference.
@@ -710,8 +718,7 @@ def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str 
              "(SalUn's Avg. Gap); lower is better. – = not available.", "",
              seed_table(per_seed, reference), "## Figures", ""]
     for path in written:
-        lines += [f"![{path.stem}]({path.name})", "",
-                  _CAPTIONS[path.name] + " Bars: mean over seeds; whiskers: ± one standard deviation.", ""]
+        lines += [f"![{path.stem}]({path.name})", "", _SEED_CAPTIONS[path.name], ""]
     report = out / "report.md"
     text = "\n".join(lines).rstrip("\n") + "\n"
     _atomic_write(report, lambda f: f.write(text), "w")

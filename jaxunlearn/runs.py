@@ -126,7 +126,8 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     everything = np.arange(len(dataset.train_labels))
     plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
                                          np.random.default_rng([config.seed, epoch]))
-    _check_batches(plan(0), mesh)
+    _check_batch_size(config.recipe.batch_size, mesh)
+    plan(0)  # a batch larger than the train set is refused before anything is written
     graphdef, params, batch_stats = _model_state(config, dataset, initialise=True)
     workdir = prepare_workdir(workdir, {"kind": "train", "config": to_json(config)})
 
@@ -150,12 +151,14 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     return metrics
 
 
-def _check_batches(plan, mesh) -> None:
-    """UserError when a full batch of the plan does not split evenly over the mesh's devices."""
+def _check_batch_size(batch_size: int, mesh) -> None:
+    """UserError when the configured batch does not split evenly over the mesh's devices.
+
+    Smaller batches of a plan (a remainder, a forget set smaller than the batch) are widened by the engine.
+    """
     devices = mesh.devices.size
-    widths = {next(iter(block.values())).shape[1] for block in plan}
-    if max(widths) % devices:
-        raise UserError(f"batch size {max(widths)} is not a multiple of the {devices} devices; "
+    if batch_size % devices:
+        raise UserError(f"batch size {batch_size} is not a multiple of the {devices} devices; "
                         f"choose a multiple or --devices that divides it")
 
 
@@ -216,7 +219,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
                       train_labels=dataset.train_labels, image_shape=dataset.image_shape,
                       mean=tuple(dataset.mean), std=tuple(dataset.std))
     plan = lambda epoch: method.plan(hparams, context, epoch)
-    _check_batches(plan(0), mesh)
+    _check_batch_size(hparams.batch_size, mesh)
+    plan(0)  # the method's own checks of its plan, before anything is written
 
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
                   "hparams": dataclasses.asdict(hparams), "split_hash": split.content_hash()}

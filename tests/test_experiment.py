@@ -10,7 +10,6 @@ from jaxunlearn.cli import main
 from jaxunlearn.experiment import ExperimentProtocol, load_protocol
 from jaxunlearn.errors import UserError
 
-pytestmark = pytest.mark.slow
 
 SMOKE = Path(__file__).parents[1] / "experiments" / "protocols" / "digits_smoke.py"
 
@@ -22,6 +21,7 @@ def experiment(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_every_run_is_evaluated_against_the_reference(experiment):
     results = json.loads((experiment / "out" / "results.json").read_text())
     runs = results["runs"]["0"]
@@ -37,6 +37,7 @@ def test_every_run_is_evaluated_against_the_reference(experiment):
     assert {"accuracy.png", "mia.png"} <= {p.name for p in (experiment / "out").iterdir()}
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_and_runs_only_what_is_missing(experiment):
     out, runs = experiment / "out", experiment / "runs" / "digits_smoke" / "seed0"
     results = json.loads((out / "results.json").read_text())
@@ -49,6 +50,13 @@ def test_a_rerun_resumes_and_runs_only_what_is_missing(experiment):
     assert again["contrastive"] == results["runs"]["0"]["contrastive"]  # not re-run
     assert "gradient_ascent" in again and (runs / "gradient_ascent" / "metrics.json").exists()
     assert sorted(p.name for p in (runs / "contrastive" / "checkpoints").iterdir()) == contrastive_checkpoints
+
+
+@pytest.mark.parametrize("path", sorted(SMOKE.parent.glob("*.py")), ids=lambda p: p.stem)
+def test_every_committed_protocol_loads(path):
+    protocol = load_protocol(path)
+    assert protocol.name == path.stem
+    assert len(protocol.seeds) >= 3 or protocol.name == "digits_smoke"
 
 
 def test_bad_protocols_are_refused(tmp_path, capsys):

@@ -1,0 +1,10 @@
+"""The paper's protocol: resnet34 on cifar10, forget class:5, official hyperparameters, every method, seeds 0-2.
+
+Needs cifar10 prepared in array_record format (see experiments/README.md) and an accelerator:
+
+    jaxunlearn experiment experiments/protocols/cifar10_class5_resnet34.py --data-dir /data/tfds
+"""
+
+from jaxunlearn.experiment import paper_protocol
+
+PROTOCOL = paper_protocol("cifar10", "resnet34", "class:5")

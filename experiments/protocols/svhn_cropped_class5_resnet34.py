@@ -1,0 +1,10 @@
+"""The paper's protocol: resnet34 on svhn_cropped, forget class:5, official hyperparameters, every method, seeds 0-2.
+
+Needs svhn_cropped prepared in array_record format (see experiments/README.md) and an accelerator:
+
+    jaxunlearn experiment experiments/protocols/svhn_cropped_class5_resnet34.py --data-dir /data/tfds
+"""
+
+from jaxunlearn.experiment import paper_protocol
+
+PROTOCOL = paper_protocol("svhn_cropped", "resnet34", "class:5")
