@@ -4,7 +4,6 @@ Trains a narrow ResNet-18 (width 1/8) on digits, forgets class 5 with Contrastiv
 reference on the retain set, and prints one row per model.
 """
 
-import json
 import tempfile
 from pathlib import Path
 

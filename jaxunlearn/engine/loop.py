@@ -213,6 +213,9 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
     # Every input replicated on the mesh, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
     state, images, labels, aux = replicate(
         (local_replica(state), data.train_images, data.train_labels, procedure.aux), mesh)
+    # The epoch donates the state: give it buffers of its own, not shared with the caller's arrays or with
+    # the method's constants (a frozen teacher is the starting model itself).
+    state = jax.tree.map(jnp.copy, state)
     manager = checkpoint.open_manager(workdir)
     log_path, evaluation_path = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
     start_epoch, seconds, steps = 0, 0.0, 0

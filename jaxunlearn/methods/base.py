@@ -121,6 +121,14 @@ def shuffled_blocks(indices: np.ndarray, batch_size: int, rng: np.random.Generat
     return [{column: block} for block in batch_blocks(rng.permutation(indices), batch_size)]
 
 
+def mixed_blocks(columns: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator) -> list[Block]:
+    """Shuffle the rows of equally long columns together and cut them into blocks of `batch_size`
+    (full batches, then the remainder)."""
+    order = rng.permutation(len(next(iter(columns.values()))))
+    batched = {name: batch_blocks(values[order], batch_size) for name, values in columns.items()}
+    return [dict(zip(batched, parts)) for parts in zip(*batched.values())]
+
+
 def batch_blocks(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Consecutive batches of `indices` as int32 blocks: [n // B, B], then [1, n % B] if there is a rest."""
     n_full = len(indices) // batch_size

@@ -1,0 +1,66 @@
+"""Fine-tuning (FT): keep training the original model with cross-entropy on the retain set only.
+
+Reference: OPTML-Group/Unlearn-Sparse (README) and OPTML-Group/Unlearn-Saliency
+`Classification/unlearn/FT.py` (`FT_iter`): train-mode BatchNorm, PyTorch SGD (momentum, coupled weight
+decay), a constant learning rate (the reference's MultiStepLR never fires within 10 epochs), the retain set
+reshuffled every epoch with its last partial batch kept (no drop_last). ../shared/docs/baselines.md §2.2.
+The framework feeds un-augmented images, where the reference keeps its training augmentation.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxunlearn.config import TrainConfig
+from jaxunlearn.engine.loop import Batch, Block, StepContext
+from jaxunlearn.losses import cross_entropy
+from jaxunlearn.methods.base import Context, Method, Schedule, shuffled_blocks, torch_sgd
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneHparams:
+    """Reference defaults (Sparse README, SalUn `FT.py`): SGD lr 0.01, momentum 0.9, weight decay 5e-4,
+    batch 256, 10 epochs."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def constant_torch_sgd(learning_rate: float, momentum: float, weight_decay: float
+                       ) -> tuple[optax.GradientTransformation, Schedule]:
+    """PyTorch SGD at a constant learning rate, and that rate as the schedule."""
+    return torch_sgd(learning_rate, momentum, weight_decay), optax.constant_schedule(learning_rate)
+
+
+def retain_pass(context: Context, batch_size: int, epoch: int) -> list[Block]:
+    """One pass over the retain set in a fresh order per (seed, epoch): full batches, then the rest."""
+    return shuffled_blocks(context.split.retain, batch_size, np.random.default_rng([context.seed, epoch]), "retain")
+
+
+def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):
+    """Cross-entropy of the model in train mode on the retain batch; no named parts."""
+    images, labels = batch["retain"]
+    logits, _ = model(images, train=True)
+    return cross_entropy(logits, labels), {}
+
+
+class Finetune(Method):
+    name = "finetune"
+
+    def default_hparams(self, mode: str, original: TrainConfig) -> FinetuneHparams:
+        return FinetuneHparams()
+
+    def optimizer(self, hparams: FinetuneHparams, steps_per_epoch: Sequence[int], aux):
+        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+
+    def plan(self, hparams: FinetuneHparams, context: Context, epoch: int) -> list[Block]:
+        return retain_pass(context, hparams.batch_size, epoch)
+
+    def loss_fn(self, hparams: FinetuneHparams, context: Context):
+        return retain_cross_entropy
