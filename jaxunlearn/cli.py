@@ -14,6 +14,7 @@ from pathlib import Path
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PROTOCOLS
 from jaxunlearn.engine.parallel import BACKENDS, Execution, initialize_distributed, is_main_process
+from jaxunlearn.engine.xla_flags import apply_default_xla_flags
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
 
@@ -244,6 +245,7 @@ def _configure_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_default_xla_flags(os.environ)  # before JAX starts a backend; never overrides the user's XLA_FLAGS
     args = _build_parser().parse_args(argv)
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
                 "bench": _bench, "experiment": _experiment}

@@ -1,0 +1,282 @@
+"""`jaxunlearn bench`: time the compiled CU and train steps of real runs on synthetic data.
+
+Both step kinds run through the compiled epoch function of real runs (`make_epoch_fn` + `place_blocks` on
+`data_mesh(devices)`): one call is a `lax.scan` of `steps` SGD steps with the state donated. The CU step
+takes B forget images (all of class 0) + B retain images (the other classes) through the contrastive
+unlearning loss with CU's optimizer; the train step takes 2B images through the supervised loss with the
+pretraining optimizer, so both see 2B images per step. The images are uniform random uint8, made on device.
+
+FLOPs come from XLA's cost analysis of the compiled programs. That analysis counts a while-loop body once,
+not once per trip (checked on XLA:CPU, jaxlib 0.12.0.1: a 1-, 2- and 8-step scan report the same FLOPs;
+`HloCostAnalysis::HandleWhile` says so), so the count of the timed `steps`-step program is NOT `steps` times
+a step's. The bench takes the FLOPs of one step from a 1-step compilation of the same epoch (a second
+compilation unless `steps` is 1), unambiguous whatever a backend does with loops, and records the ratio of
+the timed program's count to it (`loop_flops_ratio`: 1 = body counted once, `steps` = counted per trip).
+XLA counts 2 FLOPs per multiply-add of a convolution's non-padding taps, plus the elementwise work.
+Under `shard_map` and `pmap` the compiled program is one device's: FLOPs and memory are per device, and
+the model FLOPs of a step are the per-device count times the device count.
+"""
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxunlearn.config import SupervisedHparams
+from jaxunlearn.data.splits import ForgetSpec, Split, make_split
+from jaxunlearn.engine.loop import Block, LossFn, make_epoch_fn, place_blocks
+from jaxunlearn.engine.parallel import AXIS, BACKENDS, Backend, data_mesh, local_replica, replicate
+from jaxunlearn.engine.state import create_state
+from jaxunlearn.errors import UserError
+from jaxunlearn.methods.base import Context
+from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
+from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer
+from jaxunlearn.models import create_model
+from jaxunlearn.models.resnet import ARCHITECTURES
+
+StepKind = Literal["cu", "train"]
+STEP_KINDS: tuple[str, ...] = get_args(StepKind)
+FORGET_CLASS = 0
+MEAN, STD = 0.5, 0.25
+"""Per-channel normalisation of the synthetic images (any fixed values do)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time. batch is B: the CU step takes B forget + B retain images, the train step 2B.
+
+    devices: how many of `jax.devices()` to use (None = all); steps: optimizer steps per timed call (one
+    compiled `lax.scan`); repeats: timed calls after one warm-up call.
+    """
+
+    model: str = "resnet18"
+    width: float = 1.0
+    batch: int = 64
+    image_size: int = 32
+    channels: int = 3
+    classes: int = 10
+    devices: int | None = None
+    backend: Backend = "shard_map"
+    steps: int = 5
+    repeats: int = 5
+    seed: int = 0
+
+    @property
+    def images_per_step(self) -> int:
+        return 2 * self.batch
+
+
+def check_config(config: BenchConfig, available_devices: int) -> None:
+    """Raise UserError (one line) for a configuration the bench cannot run."""
+    if config.model not in ARCHITECTURES:
+        raise UserError(f"unknown model {config.model!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if config.backend not in BACKENDS:
+        raise UserError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
+    for name in ("batch", "image_size", "channels", "steps", "repeats"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.classes < 2:
+        raise UserError(f"--classes must be >= 2 (class 0 is forgotten, the others retained), got {config.classes}")
+    devices = available_devices if config.devices is None else config.devices
+    if not 1 <= devices <= available_devices:
+        raise UserError(f"--devices must be between 1 and the {available_devices} available, got {config.devices}")
+    if config.batch % devices:
+        raise UserError(f"--batch {config.batch} must be a multiple of the {devices} devices "
+                        "(each device takes an equal share of the forget and of the retain images)")
+
+
+def synthetic_labels(config: BenchConfig) -> np.ndarray:
+    """int32 [classes·2B]: 2B images of every class, so a step can draw B distinct forget images."""
+    return (np.arange(config.classes * 2 * config.batch) % config.classes).astype(np.int32)
+
+
+def synthetic_images(config: BenchConfig, count: int) -> jax.Array:
+    """uint8 [count, H, W, C], uniform random, made on the default device from `config.seed`."""
+    shape = (count, config.image_size, config.image_size, config.channels)
+    return jax.random.randint(jax.random.key(config.seed), shape, 0, 256, jnp.int32).astype(jnp.uint8)
+
+
+def step_plans(config: BenchConfig, split: Split) -> dict[str, Block]:
+    """Step kind → index block of `steps` steps: CU {forget, retain: int32 [steps, B]}, train {train:
+    int32 [steps, 2B]}; each row draws distinct images, from a fixed seed."""
+    rng = np.random.default_rng(config.seed)
+
+    def draw(pool: np.ndarray, width: int) -> np.ndarray:
+        return np.stack([rng.permutation(pool)[:width] for _ in range(config.steps)]).astype(np.int32)
+
+    everything = np.concatenate([split.forget, split.retain])
+    return {
+        "cu": {"forget": draw(split.forget, config.batch), "retain": draw(split.retain, config.batch)},
+        "train": {"train": draw(everything, config.images_per_step)},
+    }
+
+
+def step_procedures(config: BenchConfig, split: Split, labels: np.ndarray
+                    ) -> dict[str, tuple[LossFn, optax.GradientTransformation]]:
+    """Step kind → (loss, optimizer) as real runs build them: CU's official defaults for class forgetting
+    with B_u = B_r = B; pretraining's recipe with batch 2B."""
+    method = Contrastive()
+    hparams = ContrastiveHparams(batch_size=config.batch)
+    context = Context(split=split, num_classes=config.classes, protocol="default", seed=config.seed,
+                      train_labels=labels, image_shape=(config.image_size, config.image_size, config.channels),
+                      mean=(MEAN,) * config.channels, std=(STD,) * config.channels)
+    cu_tx, _ = method.optimizer(hparams, config.steps, None)
+    train_tx, _ = supervised_optimizer(SupervisedHparams(batch_size=config.images_per_step), config.steps)
+    return {"cu": (method.loss_fn(hparams, context), cu_tx), "train": (supervised_loss, train_tx)}
+
+
+def cost_flops(compiled: jax.stages.Compiled) -> float:
+    """FLOPs of a compiled program per XLA's cost analysis (one device's program; a loop body once)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jaxlibs: one dict per program
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def compiled_memory(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """Bytes of one device's program per XLA's memory analysis; peak = arguments + outputs + temporaries −
+    aliased (donated arguments reused as outputs)."""
+    stats = compiled.memory_analysis()
+    parts = {"argument_bytes": stats.argument_size_in_bytes, "output_bytes": stats.output_size_in_bytes,
+             "temp_bytes": stats.temp_size_in_bytes, "alias_bytes": stats.alias_size_in_bytes}
+    parts = {name: int(value) for name, value in parts.items()}
+    parts["peak_bytes"] = parts["argument_bytes"] + parts["output_bytes"] + parts["temp_bytes"] - parts["alias_bytes"]
+    return parts
+
+
+def device_peak_bytes(device: jax.Device) -> int | None:
+    """The allocator's peak bytes in use on `device` since the process started (GPU/TPU), None on CPU."""
+    stats = device.memory_stats()
+    return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
+
+
+def param_checksum(params: nnx.State) -> float:
+    """Σ|p| over every parameter, in float64: equal runs agree on it to rounding."""
+    return float(sum(np.abs(np.asarray(leaf, np.float64)).sum() for leaf in jax.tree.leaves(params)))
+
+
+def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, data: tuple[jax.Array, jax.Array],
+               loss_fn: LossFn, tx: optax.GradientTransformation, block: Block) -> dict[str, Any]:
+    """Compile and time one step kind: one warm-up call, then `repeats` timed calls of `steps` steps each.
+
+    data: (uint8 images [N, H, W, C], int32 labels [N]) replicated on `mesh`. Returns its figures.
+    """
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mean, std = (MEAN,) * config.channels, (STD,) * config.channels
+    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, mean, std, mesh, config.backend)
+    state = replicate(create_state(params, batch_stats, tx), mesh)
+    blocks = place_blocks([block], mesh, config.backend)
+    one_step = place_blocks([{name: columns[:1] for name, columns in block.items()}], mesh, config.backend)
+
+    start = time.perf_counter()
+    compiled = epoch_fn.lower(state, *data, None, blocks, 0).compile()
+    compile_seconds = time.perf_counter() - start
+    single = compiled if config.steps == 1 else epoch_fn.lower(state, *data, None, one_step, 0).compile()
+    step_flops = cost_flops(single)
+
+    losses: list[float] = []
+    seconds_per_call = []
+    for call in range(1 + config.repeats):  # the first call warms up
+        start = time.perf_counter()
+        state, metrics = compiled(state, *data, None, blocks, 0)
+        jax.block_until_ready((state, metrics))
+        if call:
+            seconds_per_call.append(time.perf_counter() - start)
+        losses.extend(np.asarray(jax.device_get(local_replica(metrics))["loss"], np.float64).tolist())
+    seconds_per_step = statistics.median(seconds_per_call) / config.steps
+    model_flops = step_flops * mesh.devices.size
+    return {
+        "images_per_step": config.images_per_step,
+        "ms_per_step": 1e3 * seconds_per_step,
+        "ms_per_step_per_call": [1e3 * s / config.steps for s in seconds_per_call],
+        "images_per_second": config.images_per_step / seconds_per_step,
+        "compile_seconds": compile_seconds,
+        "memory_per_device": compiled_memory(compiled),
+        "device_peak_bytes": device_peak_bytes(mesh.devices.flat[0]),
+        "flops_per_step_per_device": step_flops,
+        "flops_per_step": model_flops,
+        "flops_per_second": model_flops / seconds_per_step,
+        "loop_flops_ratio": cost_flops(compiled) / step_flops,
+        "losses": losses,
+        "param_checksum": param_checksum(local_replica(state).params),
+    }
+
+
+def environment(mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Versions, hardware and XLA flags the figures were taken with."""
+    device = mesh.devices.flat[0]
+    return {
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
+        "device_kind": device.device_kind, "devices": int(mesh.devices.size),
+        "devices_available": jax.device_count(), "processes": jax.process_count(),
+        "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Time the CU and the train step of `config`; bad input raises UserError.
+
+    Returns {"config", "environment", "steps": {kind: figures}}; see `bench_step` for the figures.
+    Compile times are true compilations only if no persistent compilation cache serves them (the CLI
+    turns the cache off).
+    """
+    check_config(config, jax.device_count())
+    mesh = data_mesh(config.devices)
+    labels = synthetic_labels(config)
+    split = make_split(ForgetSpec("class", classes=(FORGET_CLASS,)), labels, config.classes)
+    data = replicate((synthetic_images(config, len(labels)), labels), mesh)
+    plans = step_plans(config, split)
+    procedures = step_procedures(config, split, labels)
+    figures = {}
+    for kind in STEP_KINDS:
+        model = create_model(config.model, config.classes, in_channels=config.channels, width=config.width,
+                             seed=config.seed, bn_axis_name=AXIS)
+        loss_fn, tx = procedures[kind]
+        figures[kind] = bench_step(config, mesh, model, data, loss_fn, tx, plans[kind])
+    return {"config": asdict(config), "environment": environment(mesh), "steps": figures}
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A readable table of `run_bench`'s result."""
+    config, env = result["config"], result["environment"]
+    size = f"{config['image_size']}×{config['image_size']}×{config['channels']}"
+    lines = [
+        f"{config['model']} width {config['width']:g}, {size}, {config['classes']} classes, "
+        f"{config['steps']} steps per call, median of {config['repeats']} calls after 1 warm-up",
+        f"CU step: {config['batch']} forget + {config['batch']} retain images; train step: "
+        f"{2 * config['batch']} images (same images per step)",
+        f"jax {env['jax']}, {env['backend']} ({env['device_kind']}) × {env['devices']} of "
+        f"{env['devices_available']} devices, {config['backend']}, {env['cpu_count']} CPUs, "
+        f"XLA_FLAGS={env['xla_flags'] or '(none)'}",
+        "",
+        f"{'step':6s} {'ms/step':>9s} {'images/s':>9s} {'compile s':>9s} {'peak MiB':>9s} "
+        f"{'GFLOP/step':>10s} {'GFLOP/s':>8s}",
+    ]
+    for kind, figures in result["steps"].items():
+        lines.append(
+            f"{kind:6s} {figures['ms_per_step']:9.1f} {figures['images_per_second']:9.1f} "
+            f"{figures['compile_seconds']:9.1f} {figures['memory_per_device']['peak_bytes'] / 2**20:9.1f} "
+            f"{figures['flops_per_step'] / 1e9:10.3f} {figures['flops_per_second'] / 1e9:8.1f}"
+        )
+    lines.append("peak MiB: XLA's memory analysis of one device's program (arguments + outputs + temporaries − "
+                 "donated); GFLOP: XLA's cost analysis, all devices")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `result` to `path` atomically (a temporary file in the same directory, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(partial, path)
