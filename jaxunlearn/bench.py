@@ -155,7 +155,7 @@ def compiled_memory(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 
 def device_peak_bytes(device: jax.Device) -> int | None:
-    """The allocator's peak bytes in use on `device` since the process started (GPU/TPU), None on CPU."""
+    """The allocator's peak bytes in use on `device` since the process started (GPU/TPU); None on CPU."""
     stats = device.memory_stats()
     return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
 
@@ -202,7 +202,7 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
         "images_per_second": config.images_per_step / seconds_per_step,
         "compile_seconds": compile_seconds,
         "memory_per_device": compiled_memory(compiled),
-        "device_peak_bytes": device_peak_bytes(mesh.devices.flat[0]),
+        "device_peak_bytes": device_peak_bytes(mesh.local_devices[0]),
         "flops_per_step_per_device": step_flops,
         "flops_per_step": model_flops,
         "flops_per_second": model_flops / seconds_per_step,

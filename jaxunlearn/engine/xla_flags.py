@@ -12,8 +12,8 @@ DEFAULT_XLA_FLAGS is what scripts/xla_cpu_flags.py found; BENCHMARKS.md has the 
 from collections.abc import MutableMapping, Sequence
 
 DEFAULT_XLA_FLAGS: tuple[str, ...] = ()
-"""No XLA:CPU flag beat XLA's own defaults for the CU and train steps while staying numerically equal in the
-smoke sweep (BENCHMARKS.md); the lead's quiet-machine sweep decides, and a winner goes here."""
+"""None: in the sweeps so far no XLA:CPU flag made the CU and train steps faster beyond the machine's noise
+(BENCHMARKS.md); a winner of the quiet-machine sweep that is numerically equal goes here."""
 
 
 def flag_name(flag: str) -> str:
