@@ -116,6 +116,12 @@ def torch_sgd(learning_rate: float | Schedule, momentum: float, weight_decay: fl
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
 
 
+def constant_torch_sgd(learning_rate: float, momentum: float, weight_decay: float
+                       ) -> tuple[optax.GradientTransformation, Schedule]:
+    """PyTorch SGD at a constant learning rate, and that rate as the schedule."""
+    return torch_sgd(learning_rate, momentum, weight_decay), optax.constant_schedule(learning_rate)
+
+
 def shuffled_blocks(indices: np.ndarray, batch_size: int, rng: np.random.Generator, column: str) -> list[Block]:
     """One pass over `indices` in a random order as blocks of `column`: full batches, then the remainder."""
     return [{column: block} for block in batch_blocks(rng.permutation(indices), batch_size)]

@@ -32,7 +32,7 @@ import optax
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.engine.loop import Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, StartingModel, shuffled_blocks, torch_sgd
+from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +112,7 @@ class BoundaryShrink(Method):
         return BoundaryShrinkHparams()
 
     def optimizer(self, hparams: BoundaryShrinkHparams, steps_per_epoch, aux):
-        return (torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay),
-                optax.constant_schedule(hparams.learning_rate))
+        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
 
     def plan(self, hparams: BoundaryShrinkHparams, context: Context, epoch: int):
         return _forget_plan(hparams.batch_size, context, epoch)
@@ -161,8 +160,7 @@ class BoundaryExpand(Method):
         return BoundaryExpandHparams()
 
     def optimizer(self, hparams: BoundaryExpandHparams, steps_per_epoch, aux):
-        return (torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay),
-                optax.constant_schedule(hparams.learning_rate))
+        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
 
     def plan(self, hparams: BoundaryExpandHparams, context: Context, epoch: int):
         return _forget_plan(hparams.batch_size, context, epoch)

@@ -11,13 +11,12 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import optax
 from flax import nnx
 
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, Schedule, shuffled_blocks, torch_sgd
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +29,6 @@ class FinetuneHparams:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-
-
-def constant_torch_sgd(learning_rate: float, momentum: float, weight_decay: float
-                       ) -> tuple[optax.GradientTransformation, Schedule]:
-    """PyTorch SGD at a constant learning rate, and that rate as the schedule."""
-    return torch_sgd(learning_rate, momentum, weight_decay), optax.constant_schedule(learning_rate)
 
 
 def retain_pass(context: Context, batch_size: int, epoch: int) -> list[Block]:

@@ -29,8 +29,7 @@ import optax
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.engine.loop import Block
 from jaxunlearn.engine.parallel import AXIS
-from jaxunlearn.methods.base import Context, Method
-from jaxunlearn.methods.finetune import constant_torch_sgd
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd
 
 
 @dataclasses.dataclass(frozen=True)

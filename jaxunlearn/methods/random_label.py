@@ -20,8 +20,7 @@ from flax import nnx
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, shuffled_blocks
-from jaxunlearn.methods.finetune import constant_torch_sgd
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, shuffled_blocks
 
 RANDOM_LABEL = "random_label"
 """The plan column of the forget pass holding each sample's random label."""
