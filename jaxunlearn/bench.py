@@ -1,7 +1,8 @@
 """`jaxunlearn bench`: time the compiled CU and train steps of real runs on synthetic data.
 
-Both step kinds run through the compiled epoch function of real runs (`make_epoch_fn` + `place_blocks` on
-`data_mesh(devices)`): one call is a `lax.scan` of `steps` SGD steps with the state donated. The CU step
+Both step kinds run through the epoch function of real runs (`make_epoch_fn` + `place_blocks` on
+`data_mesh(devices)`): one call runs `steps` SGD steps with the state donated, as one compiled `lax.scan`
+or as a host loop over the compiled step (`epoch_loop`; "auto" = steps on CPU, scan elsewhere). The CU step
 takes B forget images (all of class 0) + B retain images (the other classes) through the contrastive
 unlearning loss with CU's optimizer; the train step takes 2B images through the supervised loss with the
 pretraining optimizer, so both see 2B images per step. The images are uniform random uint8, made on device.
@@ -10,8 +11,9 @@ FLOPs come from XLA's cost analysis of the compiled programs. That analysis coun
 not once per trip (checked on XLA:CPU, jaxlib 0.12.0.1: a 1-, 2- and 8-step scan report the same FLOPs;
 `HloCostAnalysis::HandleWhile` says so), so the count of the timed `steps`-step program is NOT `steps` times
 a step's. The bench takes the FLOPs of one step from a 1-step compilation of the same epoch (a second
-compilation unless `steps` is 1), unambiguous whatever a backend does with loops, and records the ratio of
-the timed program's count to it (`loop_flops_ratio`: 1 = body counted once, `steps` = counted per trip).
+compilation unless `steps` is 1, or the loop is "steps" where the compiled unit is one step), unambiguous
+whatever a backend does with loops, and records the ratio of the compiled unit's count to it
+(`loop_flops_ratio`: 1 = loop body counted once or no loop, `steps` = counted per trip).
 XLA counts 2 FLOPs per multiply-add of a convolution's non-padding taps, plus the elementwise work.
 Under `shard_map` and `pmap` the compiled program is one device's: FLOPs and memory are per device, and
 the model FLOPs of a step are the per-device count times the device count.
@@ -34,8 +36,10 @@ from flax import nnx
 
 from jaxunlearn.config import SupervisedHparams
 from jaxunlearn.data.splits import ForgetSpec, Split, make_split
-from jaxunlearn.engine.loop import Block, LossFn, make_epoch_fn, place_blocks
-from jaxunlearn.engine.parallel import AXIS, BACKENDS, Backend, data_mesh, local_replica, replicate
+from jaxunlearn.engine.loop import Block, LossFn, make_epoch_fn, place_blocks, resolve_loop
+from jaxunlearn.engine.parallel import (
+    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, data_mesh, local_replica, replicate,
+)
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Context
@@ -55,8 +59,8 @@ MEAN, STD = 0.5, 0.25
 class BenchConfig:
     """What to time. batch is B: the CU step takes B forget + B retain images, the train step 2B.
 
-    devices: how many of `jax.devices()` to use (None = all); steps: optimizer steps per timed call (one
-    compiled `lax.scan`); repeats: timed calls after one warm-up call.
+    devices: how many of `jax.devices()` to use (None = all); epoch_loop: "scan", "steps" or "auto" (see
+    `make_epoch_fn`); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
     """
 
     model: str = "resnet18"
@@ -67,6 +71,7 @@ class BenchConfig:
     classes: int = 10
     devices: int | None = None
     backend: Backend = "shard_map"
+    epoch_loop: EpochLoop = "auto"
     steps: int = 5
     repeats: int = 5
     seed: int = 0
@@ -82,6 +87,8 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
         raise UserError(f"unknown model {config.model!r}; choose one of: {', '.join(ARCHITECTURES)}")
     if config.backend not in BACKENDS:
         raise UserError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
+    if config.epoch_loop not in EPOCH_LOOPS:
+        raise UserError(f"unknown epoch loop {config.epoch_loop!r}; choose from {', '.join(EPOCH_LOOPS)}")
     for name in ("batch", "image_size", "channels", "steps", "repeats"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
@@ -173,7 +180,7 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
     """
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     mean, std = (MEAN,) * config.channels, (STD,) * config.channels
-    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, mean, std, mesh, config.backend)
+    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, mean, std, mesh, config.backend, loop=config.epoch_loop)
     state = replicate(create_state(params, batch_stats, tx), mesh)
     blocks = place_blocks([block], mesh, config.backend)
     one_step = place_blocks([{name: columns[:1] for name, columns in block.items()}], mesh, config.backend)
@@ -181,14 +188,15 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
     start = time.perf_counter()
     compiled = epoch_fn.lower(state, *data, None, blocks, 0).compile()
     compile_seconds = time.perf_counter() - start
-    single = compiled if config.steps == 1 else epoch_fn.lower(state, *data, None, one_step, 0).compile()
+    single = compiled if config.steps == 1 or epoch_fn.loop == "steps" else \
+        epoch_fn.lower(state, *data, None, one_step, 0).compile()
     step_flops = cost_flops(single)
 
     losses: list[float] = []
     seconds_per_call = []
     for call in range(1 + config.repeats):  # the first call warms up
         start = time.perf_counter()
-        state, metrics = compiled(state, *data, None, blocks, 0)
+        state, metrics = epoch_fn(state, *data, None, blocks, 0)
         jax.block_until_ready((state, metrics))
         if call:
             seconds_per_call.append(time.perf_counter() - start)
@@ -212,10 +220,10 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
     }
 
 
-def environment(mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    """Versions, hardware and XLA flags the figures were taken with."""
+def environment(mesh: jax.sharding.Mesh, epoch_loop: EpochLoop) -> dict[str, Any]:
+    """Versions, hardware, the epoch loop that ran ("auto" resolved) and XLA flags the figures were taken with."""
     device = mesh.devices.flat[0]
-    return {
+    return {"epoch_loop": resolve_loop(epoch_loop, mesh),
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
         "device_kind": device.device_kind, "devices": int(mesh.devices.size),
         "devices_available": jax.device_count(), "processes": jax.process_count(),
@@ -243,7 +251,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                              seed=config.seed, bn_axis_name=AXIS)
         loss_fn, tx = procedures[kind]
         figures[kind] = bench_step(config, mesh, model, data, loss_fn, tx, plans[kind])
-    return {"config": asdict(config), "environment": environment(mesh), "steps": figures}
+    return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop), "steps": figures}
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -256,7 +264,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"CU step: {config['batch']} forget + {config['batch']} retain images; train step: "
         f"{2 * config['batch']} images (same images per step)",
         f"jax {env['jax']}, {env['backend']} ({env['device_kind']}) × {env['devices']} of "
-        f"{env['devices_available']} devices, {config['backend']}, {env['cpu_count']} CPUs, "
+        f"{env['devices_available']} devices, {config['backend']}, {env['epoch_loop']} loop, {env['cpu_count']} CPUs, "
         f"XLA_FLAGS={env['xla_flags'] or '(none)'}",
         "",
         f"{'step':6s} {'ms/step':>9s} {'images/s':>9s} {'compile s':>9s} {'peak MiB':>9s} "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PROTOCOLS
-from jaxunlearn.engine.parallel import BACKENDS, Execution, initialize_distributed, is_main_process
+from jaxunlearn.engine.parallel import BACKENDS, EPOCH_LOOPS, Execution, initialize_distributed, is_main_process
 from jaxunlearn.engine.xla_flags import apply_default_xla_flags
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
@@ -29,6 +29,9 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--devices", type=int, help="use the first N devices of all hosts (default: all)")
     group.add_argument("--backend", choices=BACKENDS, default="shard_map",
                        help="per-device step under jax.shard_map (default) or jax.pmap")
+    group.add_argument("--epoch-loop", choices=EPOCH_LOOPS, default="auto",
+                       help="an epoch as one compiled lax.scan or a host loop over one compiled step "
+                            "(default auto: steps on CPU, where XLA runs convolution gradients in loops slowly; scan elsewhere)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
     group.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
     group.add_argument("--process-id", type=int, help="multi-process run: this process's index")
@@ -138,7 +141,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _execution(args: argparse.Namespace) -> Execution:
-    return Execution(devices=args.devices, backend=args.backend)
+    return Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop)
 
 
 def _unlearn(args: argparse.Namespace) -> None:
@@ -217,7 +220,7 @@ def _bench(args: argparse.Namespace) -> None:
     jax.config.update("jax_enable_compilation_cache", False)  # time real compilations, not cache reads
     config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
-                         backend=args.backend, steps=args.steps, repeats=args.repeats, seed=args.seed)
+                         backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps, repeats=args.repeats, seed=args.seed)
     result = run_bench(config)
     if is_main_process():
         print(format_report(result))

@@ -36,7 +36,7 @@ def digits():
     return load_dataset("digits", None)
 
 
-def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0.05):
+def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0.05, loop="auto"):
     """Run `blocks` as one epoch from a fixed narrow ResNet-18 with parameters in `dtype`;
     returns (per-step losses, final state)."""
     model = create_model("resnet18", 10, in_channels=1, width=0.0625, seed=0, bn_axis_name=AXIS)
@@ -47,7 +47,7 @@ def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0
     data = DeviceData.from_dataset(dataset)
     state, images, labels = replicate((create_state(params, batch_stats, tx), data.train_images,
                                        data.train_labels), mesh)
-    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, data.mean, data.std, mesh, backend)
+    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, data.mean, data.std, mesh, backend, loop=loop)
     state, metrics = epoch_fn(state, images, labels, None, place_blocks(blocks, mesh, backend), 0)
     return np.asarray(local_replica(metrics)["loss"]), local_replica(state)
 
@@ -100,3 +100,15 @@ def test_partial_batches_are_widened_to_a_multiple_of_the_devices():
     assert widened["retain"].shape == (2, 8)
     assert fit_to_devices({"x": np.zeros((1, 2))}, 8)["x"].shape == (1, 8)
     assert fit_to_devices(block, 5) is block
+
+
+@pytest.mark.parametrize("devices, backend", [(1, "shard_map"), (2, "shard_map"), (8, "pmap")])
+def test_a_host_loop_over_one_compiled_step_equals_the_scanned_epoch(digits, devices, backend):
+    """The two epoch loops run the same steps: two blocks (3 and 2 steps), float64, several steps."""
+    order = np.random.default_rng(1).permutation(len(digits.train_labels))[:5 * 32].astype(np.int32)
+    blocks = [{"train": order[:96].reshape(3, 32)}, {"train": order[96:].reshape(2, 32)}]
+    with jax.enable_x64(True):
+        scanned = run_steps(digits, supervised_loss, blocks, devices, backend, "float64", loop="scan")
+        stepped = run_steps(digits, supervised_loss, blocks, devices, backend, "float64", loop="steps")
+    assert len(scanned[0]) == 5 and len(set(scanned[0])) == 5
+    assert_same_run(scanned, stepped, "float64")

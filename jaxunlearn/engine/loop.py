@@ -1,9 +1,10 @@
 """The one training loop every method runs through.
 
 A step is a pure function (state, indices) → (state, metrics) that gathers its batches from the
-device-resident dataset. An epoch is a `lax.scan` of that step over the epoch's index plan, compiled once and
-run with the state buffers donated. Between epochs the loop evaluates, checkpoints, logs and checks the
-method's termination rule.
+device-resident dataset. An epoch runs that step over the epoch's index plan with the state buffers donated,
+either as one compiled `lax.scan` (on accelerators) or as a host loop over the one compiled step (on CPU:
+XLA:CPU runs convolution gradients inside a while loop 15-45x slower than the same step compiled alone,
+BENCHMARKS.md). Between epochs the loop evaluates, checkpoints, logs and checks the method's termination rule.
 """
 
 import json
@@ -25,7 +26,8 @@ from jax.sharding import PartitionSpec as P
 from jaxunlearn import checkpoint
 from jaxunlearn.data.device import DeviceData, gather_batch
 from jaxunlearn.engine.parallel import (
-    AXIS, BACKENDS, Backend, Execution, fit_to_devices, is_main_process, local_replica, replicate, shard_columns,
+    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, fit_to_devices, is_main_process, local_replica, replicate,
+    shard_columns,
 )
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.errors import TrainingDiverged, UserError
@@ -76,17 +78,21 @@ def eval_forward(graphdef: nnx.GraphDef):
 
 def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
                   mean: Sequence[float], std: Sequence[float], mesh: jax.sharding.Mesh,
-                  backend: Backend = "shard_map", on_step: "StepProgress | None" = None):
+                  backend: Backend = "shard_map", on_step: "StepProgress | None" = None,
+                  loop: EpochLoop = "auto") -> "EpochFn":
     """Compile an epoch: (state, train_images, train_labels, aux, blocks, epoch) → (state, per-step metrics).
 
     The step runs per device over `mesh` (`jax.shard_map`, or `jax.pmap` with backend="pmap"): each device
     gathers its shard of the batch from its replica of the dataset, BatchNorm statistics are averaged over
     the devices, and the gradients are those of the loss averaged over the devices, so every device applies
-    the same update. Each block is scanned in turn; the state is donated. Blocks are placed by `place_blocks`.
-    `on_step`, if given, is called on the host with the step number every `on_step.every` steps.
+    the same update. The blocks run in turn, as one compiled `lax.scan` each (loop="scan") or as a host loop
+    over one compiled step (loop="steps"); "auto" picks "steps" on CPU and "scan" elsewhere (`resolve_loop`).
+    The state is donated. Blocks are placed by `place_blocks`. `on_step`, if given, is called on the host
+    with the step number every `on_step.every` steps.
     """
     mean, std = tuple(mean), tuple(std)
     forward = eval_forward(graphdef)
+    loop = resolve_loop(loop, mesh)
 
     def train_step(images, labels, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
         batch = {role: gather_batch(images, labels, columns[role], mean, std)
@@ -117,7 +123,7 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
                          new_state.step)
         return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
-    def epoch_fn(state: TrainState, images, labels, aux, blocks: tuple[dict[str, jax.Array], ...], epoch):
+    def scanned_epoch(state: TrainState, images, labels, aux, blocks: tuple[dict[str, jax.Array], ...], epoch):
         metrics = []
         for block in blocks:
             state, block_metrics = jax.lax.scan(
@@ -125,14 +131,63 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
             metrics.append(block_metrics)
         return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
 
+    def one_step(state: TrainState, images, labels, aux, columns: dict[str, jax.Array], epoch):
+        return train_step(images, labels, aux, epoch, state, columns)
+
+    per_device = scanned_epoch if loop == "scan" else one_step
     if backend == "pmap":
-        return jax.pmap(epoch_fn, axis_name=AXIS, in_axes=(None, None, None, None, 1, None),
-                        out_axes=None, devices=list(mesh.devices.flat), donate_argnums=0)
-    if backend != "shard_map":
+        # A scanned block is [steps, devices, B/devices] (devices on axis 1); one step's columns [devices, B/devices].
+        columns_axis = 1 if loop == "scan" else 0
+        compiled = jax.pmap(per_device, axis_name=AXIS, in_axes=(None, None, None, None, columns_axis, None),
+                            out_axes=None, devices=list(mesh.devices.flat), donate_argnums=0)
+    elif backend == "shard_map":
+        columns_spec = P(None, AXIS) if loop == "scan" else P(AXIS)
+        compiled = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), columns_spec, P()),
+                                         out_specs=(P(), P())), donate_argnums=0)
+    else:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    sharded = jax.shard_map(epoch_fn, mesh=mesh, in_specs=(P(), P(), P(), P(), P(None, AXIS), P()),
-                            out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0)
+    return EpochFn(loop, compiled)
+
+
+def resolve_loop(loop: EpochLoop, mesh: jax.sharding.Mesh) -> EpochLoop:
+    """"auto" → "steps" on CPU devices, "scan" on accelerators; "scan" and "steps" stay as they are."""
+    if loop == "auto":
+        return "steps" if mesh.devices.flat[0].platform == "cpu" else "scan"
+    if loop not in EPOCH_LOOPS:
+        raise UserError(f"unknown epoch loop {loop!r}; choose from {', '.join(EPOCH_LOOPS)}")
+    return loop
+
+
+@dataclass(frozen=True)
+class EpochFn:
+    """An epoch from `make_epoch_fn`, called like a function. `compiled` is the jitted (or pmapped) unit:
+    the whole epoch for loop="scan", one step for loop="steps"."""
+
+    loop: EpochLoop
+    compiled: Any
+
+    def __call__(self, state: TrainState, images: jax.Array, labels: jax.Array, aux: Any,
+                 blocks: tuple[dict[str, jax.Array], ...], epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
+        if self.loop == "scan":
+            return self.compiled(state, images, labels, aux, blocks, epoch)
+        metrics = []
+        for block in blocks:
+            for row in range(next(iter(block.values())).shape[0]):
+                state, step_metrics = self.compiled(state, images, labels, aux, _row(block, row), epoch)
+                metrics.append(step_metrics)
+        return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+
+    def lower(self, state: TrainState, images: jax.Array, labels: jax.Array, aux: Any,
+              blocks: tuple[dict[str, jax.Array], ...], epoch: int):
+        """Lower the compiled unit for these arguments: the whole epoch, or one step on the first row."""
+        if self.loop == "scan":
+            return self.compiled.lower(state, images, labels, aux, blocks, epoch)
+        return self.compiled.lower(state, images, labels, aux, _row(blocks[0], 0), epoch)
+
+
+def _row(block: dict[str, Any], row: int) -> dict[str, Any]:
+    """One step's columns of a placed block: a slice on the devices, or of the host array under pmap."""
+    return {name: columns[row] for name, columns in block.items()}
 
 
 def place_blocks(blocks: Sequence[Block], mesh: jax.sharding.Mesh, backend: Backend) -> tuple:
@@ -235,7 +290,7 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
 
     progress = StepProgress(label, steps_in(procedure.plan(start_epoch))) if main and sys.stderr.isatty() else None
     epoch_fn = make_epoch_fn(graphdef, procedure.tx, procedure.loss_fn, data.mean, data.std, mesh,
-                             execution.backend, progress)
+                             execution.backend, progress, execution.epoch_loop)
     last_save = time.perf_counter()
     try:
         for epoch in range(start_epoch, procedure.epochs):

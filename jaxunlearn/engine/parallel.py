@@ -19,6 +19,8 @@ AXIS = "data"
 
 Backend = Literal["shard_map", "pmap"]
 BACKENDS: tuple[str, ...] = ("shard_map", "pmap")
+EpochLoop = Literal["auto", "scan", "steps"]
+EPOCH_LOOPS: tuple[str, ...] = ("auto", "scan", "steps")
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,13 @@ class Execution:
 
     devices: how many of `jax.devices()` (all hosts) to use; None = all.
     backend: "shard_map" or "pmap" for the per-device step.
+    epoch_loop: "scan" compiles each epoch as one `lax.scan`, "steps" runs a host loop over one compiled
+      step, "auto" takes "steps" on CPU and "scan" on accelerators (engine/loop.py says why).
     """
 
     devices: int | None = None
     backend: Backend = "shard_map"
+    epoch_loop: EpochLoop = "auto"
 
     def mesh(self) -> jax.sharding.Mesh:
         return data_mesh(self.devices)
