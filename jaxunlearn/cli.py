@@ -30,8 +30,8 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backend", choices=BACKENDS, default="shard_map",
                        help="per-device step under jax.shard_map (default) or jax.pmap")
     group.add_argument("--epoch-loop", choices=EPOCH_LOOPS, default="auto",
-                       help="an epoch as one compiled lax.scan or a host loop over one compiled step "
-                            "(default auto: steps on CPU, where XLA runs convolution gradients in loops slowly; scan elsewhere)")
+                       help="an epoch as one compiled lax.scan or a host loop over one compiled step (default "
+                            "auto: steps on CPU, where XLA runs convolution gradients in loops slowly; scan elsewhere)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
     group.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
     group.add_argument("--process-id", type=int, help="multi-process run: this process's index")

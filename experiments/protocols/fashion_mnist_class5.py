@@ -3,9 +3,10 @@
 A narrow ResNet-18 (width 1/8: 16 channels in the first stage) on a fixed stratified 4,000-image subset of
 the 60,000 training images, evaluated on a fixed 2,000-image subset of the test set, trained with the
 official recipe (SGD lr 0.1, momentum 0.9, weight decay 1e-4, cosine) for 12 epochs at batch 128. Every
-method at its reference defaults. As run on this 2-core machine (whether 2 CPU devices beat 1 is open: BENCHMARKS.md):
+method at its reference defaults. As run on this 2-core machine, on one CPU device (two are no faster:
+BENCHMARKS.md); results in experiments/results/fashion_mnist_class5/:
 
-    JAX_NUM_CPU_DEVICES=2 jaxunlearn experiment experiments/protocols/fashion_mnist_class5.py --devices 2
+    jaxunlearn experiment experiments/protocols/fashion_mnist_class5.py
 """
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig

@@ -26,8 +26,8 @@ from jax.sharding import PartitionSpec as P
 from jaxunlearn import checkpoint
 from jaxunlearn.data.device import DeviceData, gather_batch
 from jaxunlearn.engine.parallel import (
-    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, fit_to_devices, is_main_process, local_replica, replicate,
-    shard_columns,
+    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, fit_to_devices, is_main_process, local_replica,
+    replicate, shard_columns,
 )
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.errors import TrainingDiverged, UserError
