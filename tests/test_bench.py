@@ -78,6 +78,8 @@ def test_bench_reports_both_steps_with_flops_matching_a_hand_count(tmp_path):
 
     env = result["environment"]
     assert env["backend"] == "cpu" and env["devices"] == 1 and env["cpu_count"] == os.cpu_count()
+    assert env["epoch_loop"] == "steps"  # "auto" on CPU
+    assert "steps loop" in done.stdout
     assert env["xla_flags"] == merge_xla_flags(user_flags, DEFAULT_XLA_FLAGS)  # the user's flag survives
     hand = hand_count_flops(16, 16, 3, 0.125, 10)
     for kind in ("cu", "train"):
@@ -130,7 +132,8 @@ def test_default_xla_flags_never_override_the_users():
 @pytest.mark.slow
 def test_cost_analysis_counts_a_loop_body_once_and_flops_scale_with_batch_and_devices():
     def bench(batch, devices):
-        config = BenchConfig(width=0.125, image_size=16, batch=batch, devices=devices, steps=2, repeats=1)
+        config = BenchConfig(width=0.125, image_size=16, batch=batch, devices=devices, epoch_loop="scan", steps=2,
+                             repeats=1)
         return run_bench(config)["steps"]
 
     small, large, split = bench(4, 1), bench(8, 1), bench(8, 2)
