@@ -14,6 +14,7 @@ Layout: RUNS/<protocol>/seed<S>/{original, retrain, <method>...}; OUT/{results.j
 import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -128,8 +129,26 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
                                     "wall_seconds": done["original"]["wall_seconds"]}
             _save(results, results_path)
     if is_main_process():
+        record_runs(results, Path(runs_dir) / protocol.name, out)
         write_experiment_report(results, out)
     return results
+
+
+def record_runs(results: dict[str, Any], root: Path, out_dir: Path) -> None:
+    """Copy what reproduces each finished run next to the results: `runs/seed<S>/<run>.json`, the run's
+    resolved configuration and hyperparameters (its source as a path relative to the runs directory), and
+    `runs/seed<S>/<split file>.npz`, the saved forget/retain split with its hash."""
+    base = root.parent.resolve()
+    for seed, runs in results["runs"].items():
+        run_dir, record = root / f"seed{seed}", out_dir / "runs" / f"seed{seed}"
+        record.mkdir(parents=True, exist_ok=True)
+        for name in runs:
+            config = json.loads((run_dir / name / "config.json").read_text())
+            if "source" in config and Path(config["source"]).is_relative_to(base):
+                config["source"] = Path(config["source"]).relative_to(base).as_posix()
+            write_json(record / f"{name}.json", config)
+        for split in sorted((run_dir / "original" / "splits").glob("*.npz")):
+            shutil.copyfile(split, record / split.name)
 
 
 def _save(results: dict[str, Any], path: Path) -> None:

@@ -36,6 +36,16 @@ def test_every_run_is_evaluated_against_the_reference(experiment):
     assert "| contrastive |" in report and "± 0.00 (" in report  # one seed: std 0, then the gap
     assert {"accuracy.png", "mia.png"} <= {p.name for p in (experiment / "out").iterdir()}
 
+    # The record beside the results: every run's resolved configuration and the split, as the runs hold them.
+    record = experiment / "out" / "runs" / "seed0"
+    assert sorted(p.name for p in record.glob("*.json")) == sorted(f"{name}.json" for name in runs)
+    contrastive = json.loads((record / "contrastive.json").read_text())
+    assert contrastive["hparams"]["temperature"] > 0 and contrastive["split_hash"] == runs["retrain"]["split_hash"]
+    assert contrastive["source"] == "digits_smoke/seed0/original"
+    (split,) = record.glob("*.npz")
+    original_splits = experiment / "runs" / "digits_smoke" / "seed0" / "original" / "splits"
+    assert split.read_bytes() == (original_splits / split.name).read_bytes()
+
 
 @pytest.mark.slow
 def test_a_rerun_resumes_and_runs_only_what_is_missing(experiment):
