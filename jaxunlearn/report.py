@@ -354,7 +354,7 @@ def _bar_figure(summaries: list[RunSummary], ref: RunSummary, metrics: Sequence[
     if not present:
         return None
     n_runs, n_bars = len(summaries), len(present)
-    fig = _new_figure(max(8.0, min(14.0, 1.2 + 1.1 * n_runs * (0.6 + 0.25 * n_bars))), 5.0)
+    fig = _new_figure(max(8.0, min(22.0, 1.2 + 1.1 * n_runs * (0.6 + 0.25 * n_bars))), 5.0)
     ax = fig.add_subplot()
     width = 0.8 / n_bars
     x = np.arange(n_runs)
@@ -389,7 +389,8 @@ def _bar_figure(summaries: list[RunSummary], ref: RunSummary, metrics: Sequence[
         ref_value = _value(ref, metric)
         if ref_value is not None:
             ax.axhline(100.0 * ref_value, color=colours[j], linestyle="--", linewidth=1.0, alpha=0.8, zorder=0)
-    ax.set_xticks(x, [s.name + (" (ref)" if s.name == ref.name else "") for s in summaries])
+    ax.set_xticks(x, [s.name + (" (ref)" if s.name == ref.name else "") for s in summaries],
+                  **({"rotation": 25, "ha": "right", "rotation_mode": "anchor"} if n_runs > 6 else {}))
     ax.set_xlim(-0.6, n_runs - 0.4)
     ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
