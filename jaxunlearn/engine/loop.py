@@ -172,7 +172,7 @@ class EpochFn:
             return self.compiled(state, images, labels, aux, blocks, epoch)
         metrics = []
         for block in blocks:
-            for row in range(next(iter(block.values())).shape[0]):
+            for row in range(steps_in([block])):
                 state, step_metrics = self.compiled(state, images, labels, aux, _row(block, row), epoch)
                 metrics.append(step_metrics)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
