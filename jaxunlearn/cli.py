@@ -220,7 +220,8 @@ def _bench(args: argparse.Namespace) -> None:
     jax.config.update("jax_enable_compilation_cache", False)  # time real compilations, not cache reads
     config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
-                         backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps, repeats=args.repeats, seed=args.seed)
+                         backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,
+                         repeats=args.repeats, seed=args.seed)
     result = run_bench(config)
     if is_main_process():
         print(format_report(result))
