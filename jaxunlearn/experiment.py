@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn.config import Protocol, TrainConfig, UnlearnConfig, to_json
+from jaxunlearn.config import Protocol, SupervisedHparams, TrainConfig, UnlearnConfig, to_json
 from jaxunlearn.data.splits import PROTOCOLS, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
@@ -206,16 +206,36 @@ PAPER_METHODS: tuple[str, ...] = (
 """Every method the paper's comparison needs, in the order the reports list them."""
 
 
+def methods_for(forget: str) -> tuple[str, ...]:
+    """`PAPER_METHODS` that support the mode of `forget` (class-only methods are left out of sample forgetting)."""
+    mode = parse_forget(forget).mode
+    return tuple(m for m in PAPER_METHODS if mode in get_method(m).modes)
+
+
+def fashion_mnist_protocol(forget: str) -> ExperimentProtocol:
+    """The CPU-scale setup: a width-1/8 ResNet-18 on a fixed stratified 4,000-image subset of Fashion-MNIST
+    (evaluated on a fixed 2,000-image test subset), the official recipe for 12 epochs at batch 128, every
+    method that supports `forget` at its reference defaults, seeds 0, 1, 2."""
+    return ExperimentProtocol(
+        name=f"fashion_mnist_{forget.replace(':', '')}",
+        description=f"Fashion-MNIST, forget {forget}: a narrow ResNet-18 on a 4,000-image stratified subset, "
+                    "every method at its reference defaults against the retrained model.",
+        train=TrainConfig(dataset="fashion_mnist", model="resnet18", width=0.125, train_size=4000,
+                          test_size=2000, recipe=SupervisedHparams(epochs=12, batch_size=128)),
+        forget=forget,
+        methods=methods_for(forget),
+    )
+
+
 def paper_protocol(dataset: str, model: str, forget: str) -> ExperimentProtocol:
     """The paper's setup: full-width `model` trained on all of `dataset` with the official recipe (SGD lr 0.1,
     momentum 0.9, weight decay 1e-4, cosine, 100 epochs, batch 256), the official splits (`class:5`: the
     class minus its last image; `random:500`: the first 500 images), every method at its reference defaults,
     seeds 0, 1, 2. Class-only methods are left out of sample forgetting."""
-    mode = parse_forget(forget).mode
-    methods = tuple(m for m in PAPER_METHODS if mode in get_method(m).modes)
     name = f"{dataset}_{forget.replace(':', '')}_{model}"
     return ExperimentProtocol(
         name=name,
         description=f"The paper's protocol: {model} on {dataset}, forget {forget}, official hyperparameters.",
-        train=TrainConfig(dataset=dataset, model=model), forget=forget, methods=methods, protocol="official",
+        train=TrainConfig(dataset=dataset, model=model), forget=forget, methods=methods_for(forget),
+        protocol="official",
     )

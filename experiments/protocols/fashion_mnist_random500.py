@@ -9,15 +9,6 @@ BENCHMARKS.md); results in experiments/results/fashion_mnist_random500/:
     jaxunlearn experiment experiments/protocols/fashion_mnist_random500.py
 """
 
-from jaxunlearn.config import SupervisedHparams, TrainConfig
-from jaxunlearn.experiment import PAPER_METHODS, ExperimentProtocol
+from jaxunlearn.experiment import fashion_mnist_protocol
 
-PROTOCOL = ExperimentProtocol(
-    name="fashion_mnist_random500",
-    description="Fashion-MNIST, forget random:500: a narrow ResNet-18 on a 4,000-image stratified subset, "
-                "every method at its reference defaults against the retrained model.",
-    train=TrainConfig(dataset="fashion_mnist", model="resnet18", width=0.125, train_size=4000, test_size=2000,
-                      recipe=SupervisedHparams(epochs=12, batch_size=128)),
-    forget="random:500",
-    methods=tuple(m for m in PAPER_METHODS if m != "unsir"),
-)
+PROTOCOL = fashion_mnist_protocol("random:500")
