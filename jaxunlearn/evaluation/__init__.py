@@ -1,10 +1,14 @@
-"""Evaluation of unlearned models: accuracies, membership-inference attacks, divergences, relearn time."""
+"""Evaluation of unlearned models: accuracies, membership-inference attacks, divergences, relearn time, and the
+many-model audits (the NeurIPS 2023 challenge score)."""
 
 from jaxunlearn.evaluation.attacks import attack_suite, per_example_scores, svc_mia_efficacy, threshold_free_attack
+from jaxunlearn.evaluation.challenge import challenge_epsilons, forget_quality
 from jaxunlearn.evaluation.divergence import js_divergence, kl_divergence, prediction_agreement, tree_l2_distance
 
 __all__ = [
     "attack_suite",
+    "challenge_epsilons",
+    "forget_quality",
     "js_divergence",
     "kl_divergence",
     "per_example_scores",
