@@ -1,7 +1,7 @@
 """Loss functions: pure array functions, no models and no data.
 
 `contrastive_unlearning_loss` is the contrastive term of Contrastive Unlearning (Lee et al., IJCAI 2025)
-with the arithmetic of the official code's `Loss_v1`; ../shared/docs/contrastive-unlearning.md §3 derives it.
+with the arithmetic of the official code's `Loss_v1`; docs/contrastive-unlearning.md §3 derives it.
 """
 
 from typing import Literal

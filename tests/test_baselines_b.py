@@ -1,7 +1,7 @@
 """Group B baselines: Boundary Shrink, Boundary Expanding, SCRUB, UNSIR and Bad Teacher.
 
 Unit tests check each method's distinctive piece against float64 numpy or its reference's rule
-(../shared/docs/baselines.md §2.8–2.12, §4); the slow tests run each method end to end through the CLI on
+(docs/baselines.md §2.8–2.12, §4); the slow tests run each method end to end through the CLI on
 digits, forgetting class 5, on the session's 8 fake CPU devices.
 """
 

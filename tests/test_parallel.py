@@ -8,7 +8,7 @@ BatchNorm moments and of the gradients, then a cross-device mean).
   gradient by percents: it happened in this very test (CU class mode, step 2: gradient norm 5.3644 on 1
   device, 5.3848 on 2), and in float64 every device count, 1 included, gave 5.38489156.
 SGD, not Adam: Adam's first step is lr·sign(g), which turns ulp-level noise in a near-zero gradient into a
-full ±lr difference (jax-stack.md §2.6).
+full ±lr difference.
 """
 
 import jax

@@ -1,6 +1,6 @@
 """The whole evaluation of an unlearned model: accuracies, membership inference, distance to the reference.
 
-Pure functions over model outputs (logits and embeddings per part of a split); ../shared/docs/evaluation.md
+Pure functions over model outputs (logits and embeddings per part of a split); docs/evaluation.md
 defines every metric. Everything is to be compared with the retrained reference, not maximised.
 """
 

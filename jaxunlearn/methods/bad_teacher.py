@@ -2,7 +2,7 @@
 
 Reference: vikram2000b/bad-teaching-unlearning @f1aa988, `unlearn.py: UnlearnerLoss`,
 `dataset.py: UnLearningData`, defaults of `CIFARSuper20_Rocket_Unlearn.ipynb`;
-../shared/docs/baselines.md §2.12.
+docs/baselines.md §2.12.
 
 The student starts at the original model (train mode). The competent teacher is the original, the
 incompetent one a random initialisation of the same architecture; both frozen, in eval mode. One epoch is a

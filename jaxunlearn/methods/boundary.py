@@ -1,7 +1,7 @@
 """Boundary Unlearning (Chen et al., CVPR 2023): Boundary Shrink and Boundary Expanding.
 
 Reference: the official code (TY-LEE-KR/Boundary-Unlearning-Code @86c2f1f, `boundary_unlearning.py`,
-`adv_generator.py`, `models.py`); ../shared/docs/baselines.md §2.8–2.9. Both train on the forget set only.
+`adv_generator.py`, `models.py`); docs/baselines.md §2.8–2.9. Both train on the forget set only.
 
 Boundary Shrink: for each forget batch the FROZEN original model (eval mode) finds a neighbour
 x′ = Q(clip_[0,1](x + ε·sign ∇_x CE(f_o(x), y))) in [0,1] pixel space (Q rounds to multiples of 1/255); its

@@ -2,7 +2,7 @@
 
 Each forget batch is used for ω consecutive steps, each with another retain batch of the same size, in one
 joint forward (BatchNorm in train mode over both). The loss is λ_UL·L_CT + λ_CE·CE(retain), with L_CT from
-`jaxunlearn.losses.contrastive_unlearning_loss`. ../shared/docs/contrastive-unlearning.md §4 has the procedure.
+`jaxunlearn.losses.contrastive_unlearning_loss`. docs/contrastive-unlearning.md §4 has the procedure.
 """
 
 import dataclasses

@@ -3,7 +3,7 @@
 Reference: OPTML-Group/Unlearn-Sparse (README) and OPTML-Group/Unlearn-Saliency
 `Classification/unlearn/FT.py` (`FT_iter`): train-mode BatchNorm, PyTorch SGD (momentum, coupled weight
 decay), a constant learning rate (the reference's MultiStepLR never fires within 10 epochs), the retain set
-reshuffled every epoch with its last partial batch kept (no drop_last). ../shared/docs/baselines.md §2.2.
+reshuffled every epoch with its last partial batch kept (no drop_last). docs/baselines.md §2.2.
 The framework feeds un-augmented images, where the reference keeps its training augmentation.
 """
 

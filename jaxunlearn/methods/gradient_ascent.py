@@ -3,7 +3,7 @@
 Reference: OPTML-Group/Unlearn-Sparse (README) and OPTML-Group/Unlearn-Saliency `Classification/unlearn/GA.py`:
 train-mode BatchNorm (its running statistics are re-estimated on forget batches only), PyTorch SGD with
 momentum and coupled weight decay at a constant rate, the forget set reshuffled every epoch with its last
-partial batch kept. ../shared/docs/baselines.md §2.3. The objective is unbounded: no early stopping, as in
+partial batch kept. docs/baselines.md §2.3. The objective is unbounded: no early stopping, as in
 the reference. The framework feeds un-augmented images.
 """
 

@@ -4,7 +4,7 @@ Fine-tuning on the retain set (`finetune`) with the loss CE + γ_e·‖θ‖₁,
 of |θ| over ALL trainable parameters (convolutions, BatchNorm scale and bias, the classifier and the
 projection head), and γ_e decays linearly per 0-based epoch e: γ·(1 − e/(E − E₀)) while e < E − E₀, then 0
 (E₀ = `no_l1_epochs`). Reference: OPTML-Group/Unlearn-Sparse `unlearn/FT.py` (`FT_iter`, `with_l1`,
-`l1_regularization`); ../shared/docs/baselines.md §2.7. The penalty's gradient is γ·sign(θ), 0 at θ = 0
+`l1_regularization`); docs/baselines.md §2.7. The penalty's gradient is γ·sign(θ), 0 at θ = 0
 as PyTorch's, where `jax.grad(jnp.abs)(0.)` would be 1. Weight decay stays on and stacks with the penalty.
 """
 

@@ -5,7 +5,7 @@ batches of the epoch being cycled (`zip(retain_loader, itertools.cycle(forget_lo
 batches replayed in the same order). One step per pair on L = β·CE(f(x_r), y_r) − (1−β)·CE(f(x_f), y_f),
 retain and forget forwarded separately. Reference: xcadet/deepunlearn `munl/unlearning/neggradplus.py`
 (SGD lr 0.01, momentum 0.9, weight decay 0, BatchNorm in eval mode, β 0.95, 10 epochs, batch 256);
-../shared/docs/baselines.md §2.4 compares it with the SCRUB notebooks' versions.
+docs/baselines.md §2.4 compares it with the SCRUB notebooks' versions.
 
 Deviations:
 - DU's L2-to-initialisation term is omitted: its weight is DU's class constant weight_decay = 0, so the

@@ -6,7 +6,7 @@ Each epoch makes two passes, each batch its own optimizer step (sequential updat
    the plan as the column `random_label`, deterministic per (seed, epoch)); step on CE(f(x_f), ỹ);
 2. the retain set, shuffled, with its true labels.
 Train-mode BatchNorm, PyTorch SGD with momentum and coupled weight decay at a constant rate; last partial
-batches kept. ../shared/docs/baselines.md §2.5. The paper draws ỹ ≠ y, the code can draw the true label:
+batches kept. docs/baselines.md §2.5. The paper draws ỹ ≠ y, the code can draw the true label:
 `exclude_true_label` (default False = the code). The framework feeds un-augmented images.
 """
 

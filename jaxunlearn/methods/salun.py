@@ -11,7 +11,7 @@
    the reference after its mask-leak fix (Unlearn-Saliency PR #33). BatchNorm running statistics are not
    masked (reference behaviour). The mask lives in the optimizer state: saved with the checkpoints, not
    compiled into the step.
-../shared/docs/baselines.md §2.6. The framework feeds un-augmented images to the mask and to training, where
+docs/baselines.md §2.6. The framework feeds un-augmented images to the mask and to training, where
 the reference uses its augmented training transform for both.
 """
 

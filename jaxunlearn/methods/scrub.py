@@ -2,7 +2,7 @@
 
 Reference: meghdadk/SCRUB @98ffb11, `large_scale_unlearning.ipynb` (defaults),
 `thirdparty/repdistiller/helper/loops.py: train_distill`, `distiller_zoo/KD.py: DistillKL`,
-`helper/util.py: adjust_learning_rate`; ../shared/docs/baselines.md §2.10.
+`helper/util.py: adjust_learning_rate`; docs/baselines.md §2.10.
 
 The student starts at the original model and trains in train mode; the teacher is the frozen original in
 eval mode. Epoch e = 1…E runs at lr_e = lr₀·r^{#{d ∈ decay_epochs : e > d}}; if e ≤ msteps it first makes a

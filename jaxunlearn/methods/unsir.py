@@ -1,7 +1,7 @@
 """UNSIR (Tarun et al., TNNLS 2023): error-maximising noise, then impair and repair. Class forgetting only.
 
 Reference: the official notebook, vikram2000b/Fast-Machine-Unlearning @fc217ce `Machine Unlearning.ipynb`;
-../shared/docs/baselines.md §2.11.
+docs/baselines.md §2.11.
 
 1. Noise (`prepare`): for each forget class c, N_c ∈ R^{B_noise×H×W×C} in normalised input space, drawn
    from N(0, 1) and never clipped, minimises −CE(f_o(N_c), c) + λ·mean_i ‖N_c,i‖² by Adam (lr 0.1, 40 steps).
