@@ -104,6 +104,44 @@ def _build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--data-dir", help="where the dataset is on this machine (TFDS data_dir or IDX directory)")
     _add_execution_flags(experiment)
 
+    audit = commands.add_parser("audit", help="the NeurIPS 2023 challenge score of a method: N unlearnings "
+                                              "against N retrainings, with its retrain-vs-retrain floor")
+    audit.add_argument("--from", dest="source", required=True, help="the original model's training run")
+    audit.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
+    audit.add_argument("--method", required=True, help="the method to audit (see README: Methods)")
+    audit.add_argument("--models", type=int, required=True, metavar="N",
+                       help="models per arm: N unlearnings, N retrainings, N more for the floor, N originals")
+    audit.add_argument("--workdir", required=True, help="the arms' runs and audit.json (shared by methods)")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the split (random:N)")
+    audit.add_argument("--protocol", choices=PROTOCOLS, default="default")
+    audit.add_argument("--epochs", type=int)
+    audit.add_argument("--batch-size", type=int)
+    audit.add_argument("--lr", type=float)
+    audit.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                       help="set any hyperparameter of the method, e.g. --hp lambda_ul=1")
+    audit.add_argument("--models-per-device", type=int,
+                       help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
+    _add_execution_flags(audit)
+
+    lira = commands.add_parser("ulira", help="U-LiRA: can a likelihood-ratio attack tell an unlearned example "
+                                            "from one never seen? (shadow models on halves of the data)")
+    lira.add_argument("--from", dest="source", required=True, help="the original model's training run (its setup)")
+    lira.add_argument("--method", required=True, help="the method to audit (it must support sample forgetting)")
+    lira.add_argument("--audited", type=int, required=True, metavar="T",
+                      help="audited training examples (even); each shadow holds and forgets T/2 of them")
+    lira.add_argument("--shadows", type=int, required=True, metavar="S",
+                      help="shadow models (even, >= 8), a quarter of them held out as targets")
+    lira.add_argument("--workdir", required=True, help="the shadows' runs and ulira.json (shared by methods)")
+    lira.add_argument("--seed", type=int, default=0, help="seed of the audited examples and the halves")
+    lira.add_argument("--no-control", action="store_true", help="skip the retrained shadows (the 50%% baseline)")
+    lira.add_argument("--epochs", type=int)
+    lira.add_argument("--batch-size", type=int)
+    lira.add_argument("--lr", type=float)
+    lira.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
+    lira.add_argument("--models-per-device", type=int,
+                      help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
+    _add_execution_flags(lira)
+
     demo = commands.add_parser("demo", help="train, forget digit 5 with CU, retrain, print the table")
     demo.add_argument("--json", help="also write the results as JSON to this path")
     demo.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
@@ -141,7 +179,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _execution(args: argparse.Namespace) -> Execution:
-    return Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop)
+    return Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop,
+                     models_per_device=getattr(args, "models_per_device", None))
 
 
 def _unlearn(args: argparse.Namespace) -> None:
@@ -151,16 +190,46 @@ def _unlearn(args: argparse.Namespace) -> None:
     for flag, wanted, actual in (("--dataset", args.dataset, original.dataset), ("--model", args.model, original.model)):
         if wanted is not None and wanted != actual:
             raise UserError(f"{args.source} holds {original.model} trained on {original.dataset}; {flag} {wanted} does not match")
-    hparams = parse_assignments(args.hp)
-    for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.lr)):
-        if value is not None:
-            hparams[name] = str(value)
-    config = UnlearnConfig(method=args.method, forget=args.forget, hparams=hparams, protocol=args.protocol,
-                           seed=args.seed, data_dir=args.data_dir)
+    config = UnlearnConfig(method=args.method, forget=args.forget, hparams=_method_overrides(args),
+                           protocol=args.protocol, seed=args.seed, data_dir=args.data_dir)
     metrics = unlearn(config, args.source, args.workdir, execution=_execution(args),
                       save_every_seconds=args.save_every)
     if is_main_process():
         print(format_metrics(metrics))
+
+
+def _method_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """--hp NAME=VALUE with --epochs, --batch-size and --lr folded in."""
+    hparams = parse_assignments(args.hp)
+    for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.lr)):
+        if value is not None:
+            hparams[name] = str(value)
+    return hparams
+
+
+def _audit(args: argparse.Namespace) -> None:
+    from jaxunlearn.audit import AuditConfig, run_audit
+
+    config = AuditConfig(method=args.method, forget=args.forget, models=args.models,
+                         hparams=_method_overrides(args), seed=args.seed, protocol=args.protocol)
+    summary = run_audit(config, args.source, args.workdir, execution=_execution(args))
+    scored = summary["methods"][args.method]
+    print(f"forget quality F at N = {summary['models']}: {args.method} {scored['forget_quality']:.4f} "
+          f"(final score {scored['final_score']:.4f}); retrain vs retrain (floor) "
+          f"{summary['floor']['forget_quality']:.4f}; original {summary['original']['forget_quality']:.4f}"
+          f" → {Path(args.workdir) / 'audit.json'}")
+
+
+def _ulira(args: argparse.Namespace) -> None:
+    from jaxunlearn.audit import UliraConfig, run_ulira
+
+    config = UliraConfig(method=args.method, audited=args.audited, shadows=args.shadows,
+                         hparams=_method_overrides(args), seed=args.seed, control=not args.no_control)
+    results = run_ulira(config, args.source, args.workdir, execution=_execution(args))
+    for name, attack in [*results["methods"].items(), ("original (no unlearning)", results["original"])]:
+        print(f"{name:26s} balanced accuracy {attack['balanced_accuracy']:.3f} "
+              f"[{attack['balanced_accuracy_low']:.3f}, {attack['balanced_accuracy_high']:.3f}]")
+    print(Path(args.workdir) / "ulira.json")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -252,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_default_xla_flags(os.environ)  # before JAX starts a backend; never overrides the user's XLA_FLAGS
     args = _build_parser().parse_args(argv)
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
-                "bench": _bench, "experiment": _experiment}
+                "bench": _bench, "experiment": _experiment, "audit": _audit,
+                "ulira": _ulira}
     try:
         if "coordinator" in args:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, REGISTRY, TABLE_METRICS, metric
+
 __all__ = [
     "AVG_GAP_METRICS",
     "DEFAULT_TABLE_METRICS",
@@ -48,42 +50,14 @@ class RunSummary:
     """{"forget": [n, D], "retain": [m, D]} embeddings of this run's model, or None."""
 
 
-DEFAULT_TABLE_METRICS: tuple[str, ...] = (
-    "forget_train_acc",
-    "forget_test_acc",
-    "retain_train_acc",
-    "test_acc",
-    "mia_efficacy",
-    "mia_loss_auc",
-    "mia_confidence_auc",
-    "mia_logit_confidence_auc",
-    "js_forget",
-    "agreement_forget",
-    "relearn_steps",
-    "seconds",
-    "steps",
-)
-"""The table's columns, in order; a column appears only when some run has the metric."""
+DEFAULT_TABLE_METRICS: tuple[str, ...] = TABLE_METRICS
+"""The table's columns, in order (the registry's table metrics); a column appears only when some run has it."""
 
-AVG_GAP_METRICS: tuple[str, ...] = ("forget_train_acc", "retain_train_acc", "test_acc", "mia_efficacy")
+AVG_GAP_METRICS: tuple[str, ...] = AVERAGE_GAP_METRICS
 """SalUn's Avg. Gap: the mean absolute gap to the reference over forget, retain and test accuracy and MIA-efficacy."""
 
-METRIC_DESCRIPTIONS: dict[str, str] = {
-    "forget_train_acc": "accuracy on the forget set (training images to be forgotten)",
-    "forget_test_acc": "accuracy on the test images of the forgotten class(es) (class forgetting only)",
-    "retain_train_acc": "accuracy on the retained training images",
-    "test_acc": "accuracy on the test set (for class forgetting: the test images of the other classes)",
-    "mia_efficacy": "MIA-efficacy (SalUn): share of the forget set an SVC confidence attack predicts as non-members",
-    "mia_loss_auc": "ROC AUC of a threshold attack on the per-example loss, forget set (members) vs. held-out test images",
-    "mia_confidence_auc": "the same attack on the true-class confidence p_y",
-    "mia_logit_confidence_auc": "the same attack on the logit-scaled confidence log p_y − log Σ_{k≠y} p_k (LiRA's statistic)",
-    "js_forget": "Jensen–Shannon divergence from the reference's predictions on the forget set (nats, 0 to ln 2)",
-    "agreement_forget": "share of forget images on which the model predicts the reference's class",
-    "relearn_steps": "fine-tuning steps on the forget set until its accuracy is back at the original's",
-    "seconds": "wall-clock time of the run",
-    "steps": "optimizer steps of the run",
-}
-"""What each known metric means; the legend of report.md. The direction of every one is "match retrain"."""
+METRIC_DESCRIPTIONS: dict[str, str] = {m.name: m.description for m in REGISTRY}
+"""What each known metric means; the legend of report.md."""
 
 FIGURES: tuple[str, ...] = ("accuracy.png", "mia.png", "embeddings.png", "curves.png")
 """The figure files `write_report` may write, in the order report.md shows them."""
@@ -101,15 +75,11 @@ _DPI = 120
 # Values and formatting
 
 
-def _kind(metric: str) -> str:
-    """"percent" (accuracies, MIA: fractions shown ×100), "seconds", "count" or "plain"."""
-    if metric.endswith("_acc") or metric.startswith(("mia_", "agreement_")):
-        return "percent"
-    if metric == "seconds":
-        return "seconds"
-    if metric in ("steps", "epochs", "epoch", "step", "relearn_steps"):
-        return "count"
-    return "plain"
+def _kind(name: str) -> str:
+    """"percent" (fractions shown ×100), "seconds", "count" or "plain", from the metric registry."""
+    registered = metric(name)
+    unit = registered.unit if registered else None
+    return {"fraction": "percent", "seconds": "seconds", "count": "count"}.get(unit, "plain")
 
 
 def _unit(metric: str) -> str:
@@ -243,7 +213,8 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
         raise
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically."""
     _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=_DPI), "wb")
 
 
@@ -287,7 +258,7 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path, *, reference:
         if fig is None:
             path.unlink(missing_ok=True)
             continue
-        _save_figure(fig, path)
+        save_figure(fig, path)
         written.append(path)
 
     text = _markdown(summaries, ref, orig, title, [p.name for p in written])
@@ -321,7 +292,9 @@ def _markdown(summaries: list[RunSummary], ref: RunSummary, orig: RunSummary, ti
              gap_table(summaries, ref.name)]
     if present:
         lines += ["### Metrics", "", "| metric | meaning | direction |", "|:---|:---|:---|"]
-        lines += [f"| {m} | {METRIC_DESCRIPTIONS[m]} | match {_md_escape(ref.name)} |" for m in present]
+        lines += [f"| {m} | {METRIC_DESCRIPTIONS[m]} | "
+                  f"{'lower is better' if metric(m).direction == 'lower_better' else 'match ' + _md_escape(ref.name)} |"
+                  for m in present]
         lines.append("")
     if figures:
         lines += ["## Figures", ""]
@@ -334,7 +307,8 @@ def _markdown(summaries: list[RunSummary], ref: RunSummary, orig: RunSummary, ti
 # Figures (matplotlib's object-oriented API; no pyplot, no global backend change)
 
 
-def _new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure (object-oriented API, constrained layout) of `width` × `height` inches."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
@@ -354,7 +328,7 @@ def _bar_figure(summaries: list[RunSummary], ref: RunSummary, metrics: Sequence[
     if not present:
         return None
     n_runs, n_bars = len(summaries), len(present)
-    fig = _new_figure(max(8.0, min(22.0, 1.2 + 1.1 * n_runs * (0.6 + 0.25 * n_bars))), 5.0)
+    fig = new_figure(max(8.0, min(22.0, 1.2 + 1.1 * n_runs * (0.6 + 0.25 * n_bars))), 5.0)
     ax = fig.add_subplot()
     width = 0.8 / n_bars
     x = np.arange(n_runs)
@@ -486,7 +460,7 @@ def _embedding_figure(summaries: list[RunSummary], orig: RunSummary) -> Any:
     n = len(projected)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig = _new_figure(max(8.0, 3.6 * cols), 3.4 * rows + 0.9)
+    fig = new_figure(max(8.0, 3.6 * cols), 3.4 * rows + 0.9)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     everything = np.concatenate([np.concatenate([f, r]) for _, f, r in projected])
     lo, hi = np.percentile(everything, 0.5, axis=0), np.percentile(everything, 99.5, axis=0)
@@ -575,7 +549,7 @@ def _curves_figure(summaries: list[RunSummary]) -> Any:
     if not losses and not accuracies:
         return None
     panels = int(bool(losses)) + int(bool(accuracies))
-    fig = _new_figure(9.0, 3.6 * panels + 0.4)
+    fig = new_figure(9.0, 3.6 * panels + 0.4)
     axes = list(fig.subplots(panels, 1, squeeze=False, sharex=True)[:, 0])
     colours = _palette(len(summaries))
     # Runs of very different lengths (retraining vs. a few hundred unlearning steps) share a symlog step axis.
@@ -709,7 +683,7 @@ def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str 
     written = []
     for name, fig in (("accuracy.png", _accuracy_figure(summaries, ref)), ("mia.png", _mia_figure(summaries, ref))):
         if fig is not None:
-            _save_figure(fig, out / name)
+            save_figure(fig, out / name)
             written.append(out / name)
     seeds = len(next(iter(per_seed.values())))
     lines = [f"# {title}", "", notes.strip(), "",

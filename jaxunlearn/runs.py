@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,25 @@ from jaxunlearn import checkpoint
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json, train_config_from_json
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import Dataset, load_dataset, stratified_subset
-from jaxunlearn.data.splits import Split, load_split, make_split, parse_forget, save_split
+from jaxunlearn.data.splits import Split, index_hash, load_split, make_split, parse_forget, save_indices, save_split
+from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
 from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
 from jaxunlearn.engine.parallel import AXIS, Execution, is_main_process
-from jaxunlearn.engine.state import create_state
+from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
-from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, reference_metrics
+from jaxunlearn.evaluation.shallow import recompute_batch_stats
+from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, probe_metrics, reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
 from jaxunlearn.models import create_model
+
+
+SUBSETS_FILE = "subsets.npz"
+"""A training run of several models on subsets of the train set: the subsets, int [K, n], with their hash."""
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -114,41 +121,125 @@ def _run_meta(kind: str, config: TrainConfig, dataset: Dataset) -> dict[str, Any
 
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
-          save_every_seconds: float = 60.0) -> dict[str, float]:
+          save_every_seconds: float = 60.0, seeds: Sequence[int] | None = None,
+          subsets: np.ndarray | None = None) -> dict[str, Any]:
     """Train the original model on the whole train set; returns (and writes) train/test accuracy.
 
     Runs data-parallel over `execution`'s devices. A checkpoint is saved at the end of an epoch once
     `save_every_seconds` have passed, and at the end.
+
+    seeds: train len(seeds) models side by side in one run (`jaxunlearn.engine.ensemble`), model k from seed
+      seeds[k] (its initialisation and data order), each on all training images or, with `subsets` (int
+      [K, n] train indices, saved as subsets.npz), on its row. The result (metrics.json) is then
+      {"seeds", "models": one metrics dict per model, "seconds", "steps", "epochs"}.
     """
-    mesh = execution.mesh()
     _check_positive(config.recipe)
     dataset = training_data(config)
     everything = np.arange(len(dataset.train_labels))
-    plan = lambda epoch: supervised_plan(everything, config.recipe.batch_size,
-                                         np.random.default_rng([config.seed, epoch]))
-    _check_batch_size(config.recipe.batch_size, mesh)
-    plan(0)  # a batch larger than the train set is refused before anything is written
-    graphdef, params, batch_stats = _model_state(config, dataset, initialise=True)
-    workdir = prepare_workdir(workdir, {"kind": "train", "config": to_json(config)})
+    if seeds is None and subsets is not None:
+        raise UserError("training subsets need seeds: one subset per model")
+    members = [config.seed] if seeds is None else _check_seeds(seeds)
+    pools = [everything] * len(members) if subsets is None else _check_subsets(subsets, len(members), len(everything))
+    plans = [lambda epoch, seed=seed, pool=pool: supervised_plan(pool, config.recipe.batch_size,
+                                                                 np.random.default_rng([seed, epoch]))
+             for seed, pool in zip(members, pools)]
+    ensemble = _ensemble(seeds, execution, config.recipe.batch_size)
+    first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
+    if ensemble is not None:
+        stack_plans(first)
+    initial = [_model_state(dataclasses.replace(config, seed=seed), dataset, initialise=True) for seed in members]
+    graphdef = initial[0][0]
+    run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
+    workdir = prepare_workdir(workdir, run_config)
+    if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
+        save_indices(workdir / SUBSETS_FILE, np.asarray(subsets))
 
     data = DeviceData.from_dataset(dataset)
-    tx, schedule = supervised_optimizer(config.recipe, steps_in(plan(0)))
+    tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
     predict = make_predictor(graphdef, data.mean, data.std)
     test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
     procedure = Procedure(
-        loss_fn=supervised_loss, tx=tx, plan=plan, epochs=config.recipe.epochs,
-        evaluate=lambda s: evaluate_parts(predict, s.params, s.batch_stats, data, _host_labels(dataset), test_part),
-        should_stop=lambda evaluation: False, learning_rate=schedule,
+        loss_fn=supervised_loss, tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
+        evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, _host_labels(dataset),
+                                                 test_part),
+        should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
     )
-    state = create_state(params, batch_stats, tx)
-    state, last = fit(procedure, graphdef, state, data, workdir, _run_meta("train", config, dataset), "train",
-                      execution=execution, save_every_seconds=save_every_seconds)
-    parts = {"train": ("train", everything), **test_part}
-    metrics = evaluate_parts(predict, state.params, state.batch_stats, data, _host_labels(dataset), parts)
-    metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
+    states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
+    meta = {**_run_meta("train", config, dataset), **_models_config(seeds)}
+    state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
+                      execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
+    metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+        predict, model.params, model.batch_stats, data, _host_labels(dataset),
+        {"train": ("train", pools[k]), **test_part}))
     if is_main_process():
         write_json(workdir / "metrics.json", metrics)
     return metrics
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [int(seed) for seed in seeds]
+    if not seeds:
+        raise UserError("a run of several models needs at least one seed")
+    if min(seeds) < 0:
+        raise UserError(f"seeds must be >= 0, got {min(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError("the models of one run need distinct seeds")
+    return seeds
+
+
+def _check_subsets(subsets: np.ndarray, models: int, train_size: int) -> list[np.ndarray]:
+    """The rows of an int [K, n] array of train indices, each of distinct indices in [0, train_size)."""
+    subsets = np.asarray(subsets)
+    if subsets.ndim != 2 or subsets.shape[0] != models or not np.issubdtype(subsets.dtype, np.integer):
+        raise UserError(f"subsets must be an int array [{models} models, n], got shape {subsets.shape}")
+    if subsets.size and (subsets.min() < 0 or subsets.max() >= train_size):
+        raise UserError(f"subsets hold indices outside the {train_size} training images")
+    if any(len(np.unique(row)) != len(row) for row in subsets):
+        raise UserError("each training subset must hold distinct indices")
+    return list(subsets.astype(np.int64))
+
+
+def _ensemble(seeds: Sequence[int] | None, execution: Execution, batch_size: int) -> Ensemble | None:
+    """The layout of a run of several models, or None for one model (whose batch must fit the devices)."""
+    if seeds is None:
+        _check_batch_size(batch_size, execution.mesh())
+        return None
+    return make_ensemble(len(seeds), execution)
+
+
+def _models_config(seeds: Sequence[int] | None, *, subsets: np.ndarray | None = None,
+                   splits: Sequence[Split] | None = None) -> dict[str, Any]:
+    """The entries that describe a run's models in config.json and the checkpoint metadata ({} for one)."""
+    if seeds is None:
+        return {}
+    entries: dict[str, Any] = {"seeds": [int(seed) for seed in seeds]}
+    if subsets is not None:
+        entries["subsets_hash"] = index_hash(np.asarray(subsets))
+    if splits is not None:
+        entries["split_hashes"] = [split.content_hash() for split in splits]
+    return entries
+
+
+def _plan_of_models(plans: Sequence[Callable[[int], list]], ensemble: Ensemble | None) -> Callable[[int], list]:
+    """The procedure's plan: the one model's, or every model's (a list per model)."""
+    if ensemble is None:
+        return plans[0]
+    return lambda epoch: [plan(epoch) for plan in plans]
+
+
+def _stacked(states: Sequence[TrainState], ensemble: Ensemble | None) -> TrainState:
+    return states[0] if ensemble is None else stack(states)
+
+
+def _final_metrics(state: TrainState, ensemble: Ensemble | None, seeds: Sequence[int] | None,
+                   last: dict[str, Any], evaluate: Callable[[int, TrainState], dict[str, float]]) -> dict[str, Any]:
+    """metrics.json of a run: the model's metrics, or one dict per model under "models"; with the run's
+    seconds, steps and epochs."""
+    totals = {"seconds": last["seconds"], "steps": last["steps"], "epochs": last["epoch"]}
+    if ensemble is None:
+        return {**evaluate(0, state), **totals}
+    models = [evaluate(k, take(state, k)) for k in range(ensemble.count)]
+    return {"seeds": [int(seed) for seed in seeds], "models": models, **totals}
 
 
 def _check_batch_size(batch_size: int, mesh) -> None:
@@ -203,63 +294,120 @@ def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
 
 
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
-            execution: Execution = Execution(), save_every_seconds: float = 60.0) -> dict[str, float]:
+            execution: Execution = Execution(), save_every_seconds: float = 60.0,
+            seeds: Sequence[int] | None = None, splits: Sequence[Split] | None = None) -> dict[str, Any]:
     """Apply `config.method` to the model of training run `source`, data-parallel over `execution`'s
-    devices; returns (and writes) its evaluation."""
-    mesh = execution.mesh()
+    devices; returns (and writes) its evaluation.
+
+    seeds: run the method on len(seeds) models side by side (`jaxunlearn.engine.ensemble`), model k with
+      seed seeds[k] (its data order and random draws; its initialisation when the method starts from
+      scratch). Every model forgets the split of `config` (drawn with `config.seed`), or with `splits` its
+      own split (one per model, all of one mode; saved under splits/). A source run of K models gives model
+      k its model k; a source of one model gives it to all. metrics.json then holds one dict per model
+      under "models".
+    """
     method = get_method(config.method)
     original = source_config(source)
     hparams = resolve_hparams(config, original)
     dataset = training_data(original, config.data_dir)
-    split = obtain_split(source, dataset, config.forget, config.protocol, config.seed)
-    graphdef, params, batch_stats = _model_state(original, dataset, initialise=method.from_scratch)
-    if not method.from_scratch:
-        params, batch_stats = checkpoint.restore_model(Path(source), params, batch_stats)
-    context = Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=config.seed,
-                      train_labels=dataset.train_labels, image_shape=dataset.image_shape,
-                      mean=tuple(dataset.mean), std=tuple(dataset.std))
-    plan = lambda epoch: method.plan(hparams, context, epoch)
-    _check_batch_size(hparams.batch_size, mesh)
-    plan(0)  # the method's own checks of its plan, before anything is written
+    members = [config.seed] if seeds is None else _check_seeds(seeds)
+    source_seeds = checkpoint.read_meta(Path(source)).get("seeds")
+    if seeds is None and (splits is not None or source_seeds is not None):
+        raise UserError("per-model splits and a source of several models need seeds: one per model")
+    if source_seeds is not None and len(source_seeds) != len(members):
+        raise UserError(f"{source} holds {len(source_seeds)} models; unlearn them with as many seeds, "
+                        f"not {len(members)}")
+    if splits is None:
+        splits = [obtain_split(source, dataset, config.forget, config.protocol, config.seed)] * len(members)
+    elif len(splits) != len(members) or len({split.spec.mode for split in splits}) != 1:
+        raise UserError(f"per-model splits must be one per model ({len(members)}) and of one forgetting mode")
+    method.check_mode(splits[0].spec.mode)
+    contexts = [Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=seed,
+                        train_labels=dataset.train_labels, image_shape=dataset.image_shape,
+                        mean=tuple(dataset.mean), std=tuple(dataset.std))
+                for seed, split in zip(members, splits)]
+    plans = [lambda epoch, context=context: method.plan(hparams, context, epoch) for context in contexts]
+    ensemble = _ensemble(seeds, execution, hparams.batch_size)
+    first = [plan(0) for plan in plans]  # the method's own checks of its plan, before anything is written
+    if ensemble is not None:
+        stack_plans(first)
+    starts = _starting_models(method, original, dataset, source, members, source_seeds)
+    graphdef = starts[0][0]
 
+    per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
-                  "hparams": dataclasses.asdict(hparams), "split_hash": split.content_hash()}
+                  "hparams": dataclasses.asdict(hparams),
+                  **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
+                  **_models_config(seeds, splits=splits if per_model_splits else None)}
     workdir = prepare_workdir(workdir, run_config)
-    if is_main_process() and not (workdir / "split.npz").exists():
-        save_split(split, workdir / "split.npz")
+    if is_main_process():
+        _save_splits(workdir, splits if per_model_splits else splits[:1])
 
     data = DeviceData.from_dataset(dataset)
-    start = StartingModel(
-        graphdef=graphdef, params=params, batch_stats=batch_stats, forward=eval_forward(graphdef), data=data,
-        fresh=lambda: _model_state(dataclasses.replace(original, seed=original.seed + 1), dataset,
-                                   initialise=True)[1:],
-    )
-    aux = method.prepare(hparams, context, start)
-    extra = method.init_extra(hparams, context, start)
-    tx, schedule = method.optimizer(hparams, [steps_in(plan(epoch)) for epoch in range(hparams.epochs)], aux)
+    fresh = lambda: _model_state(dataclasses.replace(original, seed=original.seed + 1), dataset, initialise=True)[1:]
+    steps_per_epoch = [steps_in(plans[0](epoch)) for epoch in range(hparams.epochs)]
+    states, auxes, tx, schedule = [], [], None, None
+    for context, (_, params, batch_stats) in zip(contexts, starts):
+        start = StartingModel(graphdef=graphdef, params=params, batch_stats=batch_stats,
+                              forward=eval_forward(graphdef), data=data, fresh=fresh)
+        aux = method.prepare(hparams, context, start)
+        extra = method.init_extra(hparams, context, start)
+        model_tx, model_schedule = method.optimizer(hparams, steps_per_epoch, aux)
+        tx, schedule = tx or model_tx, schedule or model_schedule  # one update for all: see Method.optimizer
+        states.append(create_state(params, batch_stats, model_tx, extra))
+        auxes.append(aux)
     predict = make_predictor(graphdef, data.mean, data.std)
-    parts = split_parts(split, dataset.test_labels)
-    monitored = {name: part for name, part in parts.items() if name != "retain_train"}
+    parts = [split_parts(split, dataset.test_labels) for split in splits]
+    monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"} for model_parts in parts]
     labels = _host_labels(dataset)
     procedure = Procedure(
-        loss_fn=method.loss_fn(hparams, context), tx=tx, plan=plan, epochs=hparams.epochs,
-        evaluate=lambda s: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored),
-        should_stop=lambda evaluation: method.should_stop(evaluation, context), learning_rate=schedule,
-        aux=aux,
+        loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=_plan_of_models(plans, ensemble),
+        epochs=hparams.epochs,
+        evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored[model]),
+        should_stop=lambda evaluation: method.should_stop(evaluation, contexts[0]), learning_rate=schedule,
+        aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
     )
     meta = {**_run_meta("unlearn", original, dataset), **run_config}
-    state = create_state(params, batch_stats, tx, extra)
-    state, last = fit(procedure, graphdef, state, data, workdir, meta, config.method,
-                      execution=execution, save_every_seconds=save_every_seconds)
-    metrics = evaluate_parts(predict, state.params, state.batch_stats, data, labels, parts)
-    metrics.update(seconds=last["seconds"], steps=last["steps"], epochs=last["epoch"])
+    state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
+                      execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
+    metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+        predict, model.params, model.batch_stats, data, labels, parts[k]))
     if is_main_process():
         write_json(workdir / "metrics.json", metrics)
     return metrics
 
 
-def _restored_model(run: Path, dataset: Dataset, config: TrainConfig):
+def _starting_models(method: Any, original: TrainConfig, dataset: Dataset, source: str | Path,
+                     seeds: Sequence[int], source_seeds: Sequence[int] | None) -> list[tuple]:
+    """(graphdef, params, batch_stats) each model starts from: a fresh initialisation from its own seed for
+    a method that starts from scratch; otherwise the source run's model (model k of a source of several)."""
+    if method.from_scratch:
+        return [_model_state(dataclasses.replace(original, seed=seed), dataset, initialise=True) for seed in seeds]
+    if source_seeds is None:
+        return [_restored_model(Path(source), dataset, original)] * len(seeds)
+    graphdef, params, batch_stats = _restored_model(Path(source), dataset, original, len(source_seeds))
+    return [(graphdef, *take((params, batch_stats), k)) for k in range(len(seeds))]
+
+
+def _save_splits(workdir: Path, splits: Sequence[Split]) -> None:
+    """split.npz for the split every model forgets; splits/model<k>.npz when each has its own."""
+    if len(splits) == 1:
+        if not (workdir / "split.npz").exists():
+            save_split(splits[0], workdir / "split.npz")
+        return
+    (workdir / "splits").mkdir(exist_ok=True)
+    for k, split in enumerate(splits):
+        if not (workdir / "splits" / f"model{k}.npz").exists():
+            save_split(split, workdir / "splits" / f"model{k}.npz")
+
+
+def _restored_model(run: Path, dataset: Dataset, config: TrainConfig, models: int | None = None):
+    """(graphdef, params, batch_stats) of a run's latest checkpoint; with `models`, the stacked [K, ...]
+    trees of a run of that many models."""
     graphdef, params, batch_stats = _model_state(config, dataset, initialise=False)
+    if models is not None:
+        params, batch_stats = jax.tree.map(lambda x: jax.ShapeDtypeStruct((models, *x.shape), x.dtype),
+                                           (params, batch_stats))
     return graphdef, *checkpoint.restore_model(run, params, batch_stats)
 
 
@@ -304,6 +452,11 @@ def evaluate_run(run: str | Path, split: Split | None = None, *, reference: str 
         parts = split_parts(split, dataset.test_labels)
         outputs = part_outputs(predict, params, batch_stats, data, parts)
         metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
+        metrics.update(probe_metrics(outputs, part_labels(parts, labels), split))
+        recomputed = recompute_batch_stats(graphdef, params, batch_stats, data, split.retain)
+        evaluated = {name: part for name, part in parts.items() if name != "retain_train"}
+        metrics.update({f"bn_recomputed_{name}": value for name, value in evaluate_parts(
+            predict, params, recomputed, data, labels, evaluated).items() if name.endswith("_acc")})
         if "source" in meta:
             _, original_params, original_stats = _restored_model(Path(meta["source"]), dataset, original)
         else:  # a training run is its own original

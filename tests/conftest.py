@@ -3,9 +3,20 @@
 This must run before any JAX backend initialises, which is why it lives here.
 """
 
+import atexit
+import shutil
+import tempfile
+
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Compiled programs are kept for the session, as the CLI keeps them across runs: the many runs of the suite
+# compile the same steps again and again (each run builds its own closures), and XLA:CPU takes seconds per
+# program. The cache starts empty, so every program is compiled once per session.
+_XLA_CACHE = tempfile.mkdtemp(prefix="jaxunlearn-tests-xla-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 import pytest  # noqa: E402
 

@@ -153,25 +153,55 @@ def _random_forget_indices(count: int, num_train: int, protocol: Protocol, seed:
     return np.sort(chosen).astype(np.int64)
 
 
-def save_split(split: Split, path: str | os.PathLike) -> None:
-    """Write ``split`` to an .npz at ``path`` atomically (temp file + os.replace)."""
+def _save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to an .npz at ``path`` atomically (temp file + os.replace)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
-            np.savez(
-                file,
-                forget=split.forget,
-                retain=split.retain,
-                spec=np.array(str(split.spec)),
-                protocol=np.array(split.protocol),
-                seed=np.array(split.seed, np.int64),
-                hash=np.array(split.content_hash()),
-            )
+            np.savez(file, **arrays)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def save_split(split: Split, path: str | os.PathLike) -> None:
+    """Write ``split`` to an .npz at ``path`` atomically (temp file + os.replace)."""
+    _save_npz(
+        path,
+        forget=split.forget,
+        retain=split.retain,
+        spec=np.array(str(split.spec)),
+        protocol=np.array(split.protocol),
+        seed=np.array(split.seed, np.int64),
+        hash=np.array(split.content_hash()),
+    )
+
+
+def index_hash(indices: np.ndarray) -> str:
+    """SHA-256 hex digest of an int index array, over its shape and its values as little-endian int64."""
+    indices = np.asarray(indices)
+    digest = hashlib.sha256(str(indices.shape).encode())
+    digest.update(indices.astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
+def save_indices(path: str | os.PathLike, indices: np.ndarray) -> None:
+    """Write an int index array (e.g. per-model training subsets [K, n]) with its `index_hash`, atomically."""
+    _save_npz(path, indices=np.asarray(indices, np.int64), hash=np.array(index_hash(indices)))
+
+
+def load_indices(path: str | os.PathLike) -> np.ndarray:
+    """Read an array written by `save_indices`; UserError if missing, corrupt or tampered with."""
+    try:
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as contents:
+            indices, stored_hash = contents["indices"], str(contents["hash"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot read index file {path}: {error}") from None
+    if index_hash(indices) != stored_hash:
+        raise UserError(f"index file {path} fails its hash check (edited or corrupted)")
+    return indices
 
 
 def load_split(path: str | os.PathLike) -> Split:

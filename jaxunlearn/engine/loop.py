@@ -21,10 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxunlearn import checkpoint
 from jaxunlearn.data.device import DeviceData, gather_batch
+from jaxunlearn.engine.ensemble import (
+    Ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack_plans, take,
+)
 from jaxunlearn.engine.parallel import (
     AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, fit_to_devices, is_main_process, local_replica,
     replicate, shard_columns,
@@ -76,23 +79,19 @@ def eval_forward(graphdef: nnx.GraphDef):
     return forward
 
 
-def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
-                  mean: Sequence[float], std: Sequence[float], mesh: jax.sharding.Mesh,
-                  backend: Backend = "shard_map", on_step: "StepProgress | None" = None,
-                  loop: EpochLoop = "auto") -> "EpochFn":
-    """Compile an epoch: (state, train_images, train_labels, aux, blocks, epoch) → (state, per-step metrics).
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
+                    mean: Sequence[float], std: Sequence[float], backend: Backend = "shard_map",
+                    on_step: "StepProgress | None" = None):
+    """One model's step on this device: (images, labels, aux, epoch, state, columns) → (state, metrics).
 
-    The step runs per device over `mesh` (`jax.shard_map`, or `jax.pmap` with backend="pmap"): each device
-    gathers its shard of the batch from its replica of the dataset, BatchNorm statistics are averaged over
-    the devices, and the gradients are those of the loss averaged over the devices, so every device applies
-    the same update. The blocks run in turn, as one compiled `lax.scan` each (loop="scan") or as a host loop
-    over one compiled step (loop="steps"); "auto" picks "steps" on CPU and "scan" elsewhere (`resolve_loop`).
-    The state is donated. Blocks are placed by `place_blocks`. `on_step`, if given, is called on the host
-    with the step number every `on_step.every` steps.
+    Each device gathers its shard of the batch from its replica of the dataset; BatchNorm statistics are
+    averaged over `AXIS`, and the gradients are those of the loss averaged over the devices, so every device
+    applies the same update. Under backend="shard_map" the global loss is differentiated (its gradient is
+    already reduced); under "pmap" the local one, and the gradients are averaged. `on_step`, if given, is
+    called on the host with the step number every `on_step.every` steps.
     """
     mean, std = tuple(mean), tuple(std)
     forward = eval_forward(graphdef)
-    loop = resolve_loop(loop, mesh)
 
     def train_step(images, labels, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
         batch = {role: gather_batch(images, labels, columns[role], mean, std)
@@ -122,6 +121,24 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
             jax.lax.cond(report, lambda step: jax.debug.callback(on_step, step), lambda step: None,
                          new_state.step)
         return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
+                  mean: Sequence[float], std: Sequence[float], mesh: jax.sharding.Mesh,
+                  backend: Backend = "shard_map", on_step: "StepProgress | None" = None,
+                  loop: EpochLoop = "auto") -> "EpochFn":
+    """Compile an epoch: (state, train_images, train_labels, aux, blocks, epoch) → (state, per-step metrics).
+
+    The step (`make_train_step`) runs per device over `mesh` (`jax.shard_map`, or `jax.pmap` with
+    backend="pmap"). The blocks run in turn, as one compiled `lax.scan` each (loop="scan") or as a host loop
+    over one compiled step (loop="steps"); "auto" picks "steps" on CPU and "scan" elsewhere (`resolve_loop`).
+    The state is donated. Blocks are placed by `place_blocks`. `on_step`, if given, is called on the host
+    with the step number every `on_step.every` steps.
+    """
+    loop = resolve_loop(loop, mesh)
+    train_step = make_train_step(graphdef, tx, loss_fn, mean, std, backend, on_step)
 
     def scanned_epoch(state: TrainState, images, labels, aux, blocks: tuple[dict[str, jax.Array], ...], epoch):
         metrics = []
@@ -235,27 +252,187 @@ def steps_in(plan: Sequence[Block]) -> int:
 class Procedure:
     """What the loop runs; everything method-specific is already folded in.
 
-    plan: epoch number → index blocks (deterministic in the epoch, so a resumed run replays the same plan).
-    aux: the method's constants handed to every step (`StepContext.aux`).
-    evaluate: state (on one device) → metrics logged after each epoch and handed to `should_stop`.
+    plan: epoch number → index blocks (deterministic in the epoch, so a resumed run replays the same plan);
+      in a run of several models, one list of blocks per model.
+    aux: the method's constants handed to every step (`StepContext.aux`); stacked per model in a run of
+      several models.
+    evaluate: (one model's state on one device, the model's index: 0 for a single model) → metrics logged
+      after each epoch and handed to `should_stop`.
     learning_rate: optimizer steps (int array) → learning rates, for the log.
+    evaluate_every_epoch: False evaluates a run of several models only once its epochs are done (when
+      nothing is to be stopped early, K evaluations per epoch buy nothing); a single model is always
+      evaluated after every epoch.
     """
 
     loss_fn: LossFn
     tx: optax.GradientTransformation
-    plan: Callable[[int], Sequence[Block]]
+    plan: Callable[[int], Sequence[Any]]
     epochs: int
-    evaluate: Callable[[TrainState], dict[str, float]]
+    evaluate: Callable[[TrainState, int], dict[str, float]]
     should_stop: Callable[[dict[str, float]], bool]
     learning_rate: Callable[[np.ndarray], Any]
     aux: Any = None
+    evaluate_every_epoch: bool = True
+
+
+class _OneModel:
+    """The data-parallel layout of one model: state replicated over `execution`'s mesh, batches split."""
+
+    def __init__(self, procedure: Procedure, graphdef: nnx.GraphDef, data: DeviceData, execution: Execution,
+                 label: str):
+        self.procedure, self.graphdef, self.data, self.execution, self.label = \
+            procedure, graphdef, data, execution, label
+        self.mesh = execution.mesh()
+
+    def place(self, state: TrainState) -> TrainState:
+        # Every input replicated on the mesh, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
+        state, self.images, self.labels, self.aux = replicate(
+            (local_replica(state), self.data.train_images, self.data.train_labels, self.procedure.aux), self.mesh)
+        # The epoch donates the state: give it buffers of its own, not shared with the caller's arrays or with
+        # the method's constants (a frozen teacher is the starting model itself).
+        return jax.tree.map(jnp.copy, state)
+
+    def saved(self, state: TrainState) -> TrainState:
+        return state
+
+    def restored(self, state: TrainState, meta: dict[str, Any]) -> TrainState:
+        return state
+
+    def compile(self, start_epoch: int) -> None:
+        main = is_main_process()
+        self.progress = StepProgress(self.label, steps_in(self.procedure.plan(start_epoch))) \
+            if main and sys.stderr.isatty() else None
+        self.epoch_fn = make_epoch_fn(self.graphdef, self.procedure.tx, self.procedure.loss_fn, self.data.mean,
+                                      self.data.std, self.mesh, self.execution.backend, self.progress,
+                                      self.execution.epoch_loop)
+
+    def epoch(self, state: TrainState, epoch: int, first_step: int) -> tuple[TrainState, dict[str, np.ndarray]]:
+        if self.progress is not None:
+            self.progress.start(epoch, first_step)
+        blocks = place_blocks(self.procedure.plan(epoch), self.mesh, self.execution.backend)
+        state, step_metrics = self.epoch_fn(state, self.images, self.labels, self.aux, blocks, epoch)
+        return state, jax.device_get(local_replica(step_metrics))
+
+    def first_non_finite(self, step_metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
+        finite = np.isfinite(step_metrics["loss"])
+        return None if np.all(finite) else (int(np.argmin(finite)), "")
+
+    def evaluate(self, state: TrainState, final: bool, previous: Any) -> tuple[dict[str, float], bool]:
+        evaluation = self.procedure.evaluate(local_replica(state), 0)
+        return evaluation, self.procedure.should_stop(evaluation)
+
+    def meta(self) -> dict[str, Any]:
+        return {}
+
+    def report(self, epoch: int, step_metrics: dict[str, np.ndarray], evaluation: Any, seconds: float) -> None:
+        _progress(self.label, epoch, self.procedure.epochs, step_metrics, evaluation, seconds)
+
+    def result(self, state: TrainState) -> TrainState:
+        return local_replica(state)
+
+
+class _ManyModels:
+    """K models side by side (`jaxunlearn.engine.ensemble`): groups of D·m models stepped one after another,
+    frozen one by one as they meet their termination rule. Step metrics are [steps, K] (NaN for frozen
+    models), the evaluation one dict per model ({} until it is evaluated)."""
+
+    def __init__(self, procedure: Procedure, graphdef: nnx.GraphDef, data: DeviceData, execution: Execution,
+                 label: str, ensemble: Ensemble):
+        self.procedure, self.graphdef, self.data, self.execution, self.label, self.ensemble = \
+            procedure, graphdef, data, execution, label, ensemble
+        self.active = np.ones(ensemble.count, bool)
+
+    def _groups(self, tree: Any) -> list[Any]:
+        return [place_group(jax.tree.map(lambda x: np.asarray(x)[models], tree), self.ensemble)
+                for models in self.ensemble.groups()]
+
+    def place(self, state: TrainState) -> list[TrainState]:
+        mesh = self.ensemble.mesh
+        self.images, self.labels = jax.device_put((self.data.train_images, self.data.train_labels),
+                                                  NamedSharding(mesh, P()))
+        self.aux = self._groups(self.procedure.aux)
+        return self._groups(state)
+
+    def saved(self, groups: list[TrainState]) -> TrainState:
+        device = jax.local_devices()[0]
+        return jax.tree.map(lambda *parts: jax.device_put(np.concatenate([np.asarray(p) for p in parts]), device),
+                            *groups)
+
+    def restored(self, state: TrainState, meta: dict[str, Any]) -> list[TrainState]:
+        self.active = np.asarray(meta["active"], bool)
+        return self._groups(state)
+
+    def compile(self, start_epoch: int) -> None:
+        train_step = make_train_step(self.graphdef, self.procedure.tx, self.procedure.loss_fn, self.data.mean,
+                                     self.data.std)
+        self.loop = resolve_loop(self.execution.epoch_loop, self.ensemble.mesh)
+        self.epoch_fn = make_models_epoch_fn(train_step, self.ensemble, self.loop)
+        self.show_progress = is_main_process() and sys.stderr.isatty()
+
+    def epoch(self, groups: list[TrainState], epoch: int, first_step: int) -> tuple[list[TrainState], dict]:
+        blocks = stack_plans(self.procedure.plan(epoch))
+        steps = steps_in([{name: columns[0] for name, columns in block.items()} for block in blocks])
+        collected = {}
+        for g, models in enumerate(self.ensemble.groups()):
+            if self.show_progress:
+                print(f"\r{self.label} epoch {epoch + 1}: models {models.start + 1}-{models.stop} of "
+                      f"{self.ensemble.count}", end="", file=sys.stderr, flush=True)
+            active = self.active[models]
+            if not active.any():
+                continue
+            group_blocks = place_group_blocks([{n: c[models] for n, c in b.items()} for b in blocks],
+                                              self.ensemble, self.loop)
+            groups[g], metrics = self.epoch_fn(groups[g], self.images, self.labels, self.aux[g], group_blocks,
+                                               epoch, place_group(active, self.ensemble))
+            for name, values in jax.device_get(metrics).items():
+                column = collected.setdefault(name, np.full((steps, self.ensemble.count), np.nan, np.float32))
+                column[:, models] = np.where(active, values, np.nan)
+        return groups, collected
+
+    def first_non_finite(self, step_metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
+        losses = step_metrics["loss"][:, self.active]
+        if np.all(np.isfinite(losses)):
+            return None
+        step, column = np.argwhere(~np.isfinite(losses))[0]
+        return int(step), f" of model {int(np.flatnonzero(self.active)[column])}"
+
+    def evaluate(self, groups: list[TrainState], final: bool, previous: Any) -> tuple[list[dict], bool]:
+        evaluations = list(previous) if previous else [{} for _ in range(self.ensemble.count)]
+        if not (final or self.procedure.evaluate_every_epoch):
+            return evaluations, False
+        for g, models in enumerate(self.ensemble.groups()):
+            if not self.active[models].any():
+                continue
+            group = jax.device_get(groups[g])
+            for k in range(models.start, models.stop):
+                if self.active[k]:
+                    evaluations[k] = self.procedure.evaluate(take(group, k - models.start), k)
+                    if self.procedure.should_stop(evaluations[k]):
+                        self.active[k] = False
+        return evaluations, not self.active.any()
+
+    def meta(self) -> dict[str, Any]:
+        return {"active": self.active.tolist()}
+
+    def report(self, epoch: int, step_metrics: dict, evaluation: Any, seconds: float) -> None:
+        loss = step_metrics["loss"]
+        mean = float(np.nanmean(loss)) if np.isfinite(loss).any() else float("nan")
+        print(f"\r{self.label} epoch {epoch}/{self.procedure.epochs}: {self.ensemble.count} models, "
+              f"{int(self.active.sum())} still running, mean loss {mean:.4f}, {seconds:.1f}s",
+              file=sys.stderr, flush=True)
+
+    def result(self, groups: list[TrainState]) -> TrainState:
+        return self.saved(groups)
 
 
 def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: DeviceData,
         workdir: Path, meta: dict[str, Any], label: str, *, execution: Execution = Execution(),
-        save_every_seconds: float = 60.0) -> tuple[TrainState, dict[str, Any]]:
+        save_every_seconds: float = 60.0, ensemble: Ensemble | None = None) -> tuple[TrainState, dict[str, Any]]:
     """Run epochs until the method's rule stops it or `procedure.epochs` are done, data-parallel over
     `execution`'s devices (`data` may live anywhere: it is replicated onto them).
+
+    With an `ensemble`, `state` holds K models stacked on a leading axis and they run side by side
+    (`jaxunlearn.engine.ensemble`); each stops on its own, and the run ends when all have stopped.
 
     Resumes from the latest checkpoint of `workdir` if there is one. Saves a checkpoint at the end of an
     epoch once `save_every_seconds` have passed since the last one, and at the end of the run; appends one
@@ -264,69 +441,69 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
     its checkpoint (`epoch`, `finished`, `evaluation`, `seconds`, `steps`, plus `meta`); the state is
     this process's copy on one device. Only process 0 writes the logs; every process joins the saves.
     """
-    mesh, main = execution.mesh(), is_main_process()
-    # Every input replicated on the mesh, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
-    state, images, labels, aux = replicate(
-        (local_replica(state), data.train_images, data.train_labels, procedure.aux), mesh)
-    # The epoch donates the state: give it buffers of its own, not shared with the caller's arrays or with
-    # the method's constants (a frozen teacher is the starting model itself).
-    state = jax.tree.map(jnp.copy, state)
+    main = is_main_process()
+    runner = _OneModel(procedure, graphdef, data, execution, label) if ensemble is None else \
+        _ManyModels(procedure, graphdef, data, execution, label, ensemble)
+    state = runner.place(state)
     manager = checkpoint.open_manager(workdir)
     log_path, evaluation_path = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
     start_epoch, seconds, steps = 0, 0.0, 0
     last = {**meta, "epoch": 0, "finished": False, "evaluation": {}}
     latest = manager.latest_step()
     if latest is not None:
-        state, last = checkpoint.restore_state(manager, latest, state)
+        restored, last = checkpoint.restore_state(manager, latest, runner.saved(state))
+        state = runner.restored(restored, last)
         start_epoch, seconds, steps = last["epoch"], last["seconds"], last["steps"]
         if main:
             for path in (log_path, evaluation_path):
                 _truncate_log(path, steps)
         if last["finished"]:
             manager.close()
-            return local_replica(state), last
+            return runner.result(state), last
         if main:
             print(f"{label}: resuming after epoch {start_epoch}", file=sys.stderr)
 
-    progress = StepProgress(label, steps_in(procedure.plan(start_epoch))) if main and sys.stderr.isatty() else None
-    epoch_fn = make_epoch_fn(graphdef, procedure.tx, procedure.loss_fn, data.mean, data.std, mesh,
-                             execution.backend, progress, execution.epoch_loop)
+    runner.compile(start_epoch)
     last_save = time.perf_counter()
     try:
         for epoch in range(start_epoch, procedure.epochs):
             started = time.perf_counter()
             first_step = steps
-            if progress is not None:
-                progress.start(epoch, first_step)
-            blocks = place_blocks(procedure.plan(epoch), mesh, execution.backend)
-            state, step_metrics = epoch_fn(state, images, labels, aux, blocks, epoch)
-            step_metrics = jax.device_get(local_replica(step_metrics))
+            state, step_metrics = runner.epoch(state, epoch, first_step)
             steps = first_step + len(step_metrics["loss"])
-            if not np.all(np.isfinite(step_metrics["loss"])):
-                bad = first_step + 1 + int(np.argmin(np.isfinite(step_metrics["loss"])))
+            bad = runner.first_non_finite(step_metrics)
+            if bad is not None:
                 raise TrainingDiverged(
-                    f"{label}: non-finite loss at step {bad} (epoch {epoch + 1}); "
+                    f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1}); "
                     f"the last good checkpoint is kept in {Path(workdir) / checkpoint.CHECKPOINT_DIR}"
                 )
-            evaluation = procedure.evaluate(local_replica(state))
+            evaluation, stop = runner.evaluate(state, epoch + 1 == procedure.epochs, last["evaluation"])
             seconds += time.perf_counter() - started
-            stop = procedure.should_stop(evaluation)
             finished = stop or epoch + 1 == procedure.epochs
             last = {**meta, "epoch": epoch + 1, "finished": finished, "evaluation": evaluation,
-                    "seconds": seconds, "steps": steps}
+                    "seconds": seconds, "steps": steps, **runner.meta()}
             if finished or time.perf_counter() - last_save >= save_every_seconds:
-                checkpoint.save(manager, epoch + 1, state, last)
+                checkpoint.save(manager, epoch + 1, runner.saved(state), last)
                 last_save = time.perf_counter()
             if main:
                 _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
                 with evaluation_path.open("a") as log:
-                    log.write(json.dumps({"epoch": epoch + 1, "step": steps, **evaluation}) + "\n")
-                _progress(label, epoch + 1, procedure.epochs, step_metrics, evaluation, seconds)
+                    log.write(json.dumps({"epoch": epoch + 1, "step": steps, **_by_name(evaluation)}) + "\n")
+                runner.report(epoch + 1, step_metrics, evaluation, seconds)
             if stop:
                 break
     finally:
         manager.close()
-    return local_replica(state), last
+    return runner.result(state), last
+
+
+def _by_name(evaluation: dict[str, float] | list[dict[str, float]]) -> dict[str, Any]:
+    """An epoch's evaluation as one JSON object: as it is for one model; for K models, each metric as a
+    list over the models (None for a model not evaluated)."""
+    if isinstance(evaluation, dict):
+        return evaluation
+    names = dict.fromkeys(name for model in evaluation for name in model)
+    return {name: [model.get(name) for model in evaluation] for name in names}
 
 
 def _append_log(path: Path, step_metrics: dict[str, np.ndarray], first_step: int,
@@ -336,7 +513,7 @@ def _append_log(path: Path, step_metrics: dict[str, np.ndarray], first_step: int
     with path.open("a") as log:
         for i, step in enumerate(steps):
             line = {"step": int(step) + 1, "learning_rate": float(rates[i])}
-            line.update({name: float(values[i]) for name, values in step_metrics.items()})
+            line.update({name: values[i].tolist() for name, values in step_metrics.items()})
             log.write(json.dumps(line) + "\n")
 
 

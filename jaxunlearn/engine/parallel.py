@@ -17,6 +17,9 @@ from jaxunlearn.errors import UserError
 AXIS = "data"
 """The name of the batch axis, used by the collectives of steps, losses and BatchNorm."""
 
+MODEL_AXIS = "model"
+"""The name of the axis of a run's K side-by-side models (`jaxunlearn.engine.ensemble`)."""
+
 Backend = Literal["shard_map", "pmap"]
 BACKENDS: tuple[str, ...] = ("shard_map", "pmap")
 EpochLoop = Literal["auto", "scan", "steps"]
@@ -36,6 +39,10 @@ class Execution:
     devices: int | None = None
     backend: Backend = "shard_map"
     epoch_loop: EpochLoop = "auto"
+    models_per_device: int | None = None
+    """For runs of several models: how many each device steps at once in one program (vmapped); the rest
+    run one group after another. None: 1 on CPU (measured faster there, BENCHMARKS.md), all on
+    accelerators."""
 
     def mesh(self) -> jax.sharding.Mesh:
         return data_mesh(self.devices)

@@ -10,6 +10,7 @@ from jaxunlearn.data.splits import Split
 from jaxunlearn.evaluation.accuracy import Parts, accuracy_and_confidence, softmax
 from jaxunlearn.evaluation.attacks import attack_suite, svc_mia_efficacy
 from jaxunlearn.evaluation.divergence import js_divergence, kl_divergence, prediction_agreement
+from jaxunlearn.evaluation.shallow import probe_accuracies
 
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
 """part name → (logits [n, C], embeddings [n, D])."""
@@ -56,3 +57,12 @@ def reference_metrics(outputs: Outputs, reference: Outputs, parts: tuple[str, ..
         metrics[f"kl_{short}"] = float(np.mean(kl_divergence(p_reference, p_model)))
         metrics[f"agreement_{short}"] = prediction_agreement(p_model, p_reference)
     return metrics
+
+
+def probe_metrics(outputs: Outputs, labels: dict[str, np.ndarray], split: Split) -> dict[str, float]:
+    """`probe_accuracies` on the embeddings of the whole test set (in class mode the forgotten classes' test
+    images and the others together) and of the forget set."""
+    test_parts = ("forget_test", "test") if split.spec.mode == "class" else ("test",)
+    return probe_accuracies(np.concatenate([outputs[name][1] for name in test_parts]),
+                            np.concatenate([labels[name] for name in test_parts]),
+                            outputs["forget_train"][1], labels["forget_train"], split.spec.classes)

@@ -72,6 +72,8 @@ class Method(abc.ABC):
     modes: ClassVar[tuple[str, ...]] = ("class", "sample")
     from_scratch: ClassVar[bool] = False
     """True: start from a fresh initialisation (retrain) instead of the original model."""
+    stops_early: ClassVar[bool] = False
+    """True when `should_stop` can end the run before its epochs are done (then every epoch is evaluated)."""
 
     @abc.abstractmethod
     def default_hparams(self, mode: str, original: TrainConfig) -> Any:
@@ -83,6 +85,9 @@ class Method(abc.ABC):
         """The optimizer of the pair (params, extra) and its learning-rate schedule (for the log).
 
         steps_per_epoch: the optimizer steps of each epoch of the plan; aux: what `prepare` returned.
+        A value that differs between the models of one run (a mask computed from their data) must live in
+        the optimizer state that `init` builds, not in `update`'s closure: the K models of a run share the
+        first model's `update` and each keep their own state.
         """
 
     @abc.abstractmethod
@@ -91,7 +96,11 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def loss_fn(self, hparams: Any, context: Context) -> LossFn:
-        """The loss of one step on the batches named by `plan`."""
+        """The loss of one step on the batches named by `plan`.
+
+        It may depend on the context only through what the models of one run share (mode, num_classes,
+        image_shape, mean, std): per-model data reaches the step through the plan's columns and `aux`.
+        """
 
     def prepare(self, hparams: Any, context: Context, start: StartingModel) -> Any:
         """Constants every step reads (`StepContext.aux`), computed once before the first epoch (and again,

@@ -38,6 +38,7 @@ class ContrastiveHparams:
 
 class Contrastive(Method):
     name = "contrastive"
+    stops_early = True
 
     def default_hparams(self, mode: str, original: TrainConfig) -> ContrastiveHparams:
         return ContrastiveHparams(batch_size=64 if mode == "class" else 128)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The deep audits of experiments/README.md ("Deep audits"), as run on a 2-core CPU: the NeurIPS 2023
+# challenge score (jaxunlearn audit, N = 64 models per arm) and U-LiRA (jaxunlearn ulira, 64 shadows) of
+# contrastive unlearning, NegGrad+, SalUn and random labels, on digits and on the Fashion-MNIST CPU setting.
+# Every command resumes where it stopped; rerun the script after an interruption. The runs go to
+# RUNS (default runs/audits, not committed), the scores and plots to experiments/results/.
+#
+#   experiments/audits.sh [digits|fashion_mnist ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JAXUNLEARN=${JAXUNLEARN:-.venv/bin/jaxunlearn}
+RUNS=${RUNS:-runs/audits}
+RESULTS=experiments/results
+N=64
+
+collect() {  # collect <workdir> <results dir>: the small files that hold the scores
+  mkdir -p "$2"
+  for f in audit.json confidences.npz epsilons.png ulira.json; do
+    [ -f "$1/$f" ] && cp "$1/$f" "$2/$f"
+  done
+  return 0
+}
+
+audit_digits() {
+  local original=$RUNS/digits/original work=$RUNS/digits/audit-class5
+  [ -f "$original/metrics.json" ] || $JAXUNLEARN train --dataset digits --width 0.125 --epochs 15 --batch-size 64 \
+    --workdir "$original"
+  # The README's digits settings (the reference learning rates barely move this small model); CU at its defaults.
+  local -A settings=(
+    [contrastive]=""
+    [neggrad_plus]="--epochs 3 --batch-size 64 --lr 0.05 --hp beta=0.9"
+    [salun]="--epochs 3 --batch-size 64 --lr 0.05"
+    [random_label]="--epochs 3 --batch-size 64 --lr 0.05"
+  )
+  for method in contrastive neggrad_plus salun random_label; do
+    # shellcheck disable=SC2086
+    $JAXUNLEARN audit --from "$original" --forget class:5 --method $method --models $N --workdir "$work" \
+      ${settings[$method]}
+    collect "$work" $RESULTS/audit_digits_class5
+  done
+  for method in contrastive neggrad_plus salun random_label; do
+    # shellcheck disable=SC2086
+    $JAXUNLEARN ulira --from "$original" --method $method --audited 100 --shadows $N \
+      --workdir $RUNS/digits/ulira ${settings[$method]}
+    collect $RUNS/digits/ulira $RESULTS/ulira_digits
+  done
+}
+
+audit_fashion_mnist() {
+  local original=$RUNS/fashion_mnist/original work=$RUNS/fashion_mnist/audit-class5
+  # The Fashion-MNIST protocols' original (experiments/protocols/fashion_mnist_class5.py), seed 0.
+  [ -f "$original/metrics.json" ] || $JAXUNLEARN train --dataset fashion_mnist --width 0.125 --train-size 4000 \
+    --test-size 2000 --epochs 12 --batch-size 128 --workdir "$original"
+  for method in contrastive neggrad_plus salun random_label; do  # at their reference defaults, as the protocol
+    $JAXUNLEARN audit --from "$original" --forget class:5 --method $method --models $N --workdir "$work"
+    collect "$work" $RESULTS/audit_fashion_mnist_class5
+  done
+  for method in contrastive neggrad_plus salun random_label; do
+    $JAXUNLEARN ulira --from "$original" --method $method --audited 200 --shadows $N \
+      --workdir $RUNS/fashion_mnist/ulira
+    collect $RUNS/fashion_mnist/ulira $RESULTS/ulira_fashion_mnist
+  done
+}
+
+for dataset in "${@:-digits fashion_mnist}"; do
+  for d in $dataset; do
+    start=$(date +%s)
+    "audit_$d"
+    echo "audits of $d: $(( $(date +%s) - start )) s" >&2
+  done
+done

@@ -1,0 +1,323 @@
+"""`jaxunlearn audit`: the NeurIPS 2023 challenge's forget quality of one method, calibrated.
+
+From one original run and one split, it runs four arms of N models each (runs of several models,
+`jaxunlearn.engine.ensemble`), then scores them with `jaxunlearn.evaluation.challenge`:
+
+  <method>/       N unlearnings of the original with the method, seeds 0 … N−1
+  retrain/        N retrainings on the retain set from scratch, seeds 0 … N−1
+  retrain-floor/  N more, seeds N … 2N−1: retrain scored against retrain is the best any method can get
+                  at this N (the maximum over hundreds of decision rules keeps it below 1)
+  original/       N models trained on the whole training set, seeds 2N … 3N−1: the untouched original,
+                  which must score clearly below the floor
+
+Every arm is a resumable run directory, shared by the audits of other methods in the same workdir. The
+scores go to `audit.json` (updated per method), the logit-scaled confidences of the forget set to
+`confidences.npz`, and a histogram of the per-example ε to `epsilons.png`.
+
+    jaxunlearn audit --from runs/digits --forget class:5 --method contrastive --models 8 --workdir runs/audit
+
+`jaxunlearn ulira` runs U-LiRA (`run_ulira`, `jaxunlearn.evaluation.lira`): S shadow originals on
+complementary halves of the original's training set, the method unlearning in each the audited examples it
+holds, and the likelihood-ratio attack's balanced accuracy on held-out shadows (50%: it cannot tell).
+"""
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxunlearn import checkpoint
+from jaxunlearn.config import UnlearnConfig
+from jaxunlearn.data.splits import ForgetSpec, Split, make_split, parse_forget
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.engine.ensemble import make_ensemble, take
+from jaxunlearn.engine.parallel import Execution
+from jaxunlearn.errors import UserError
+from jaxunlearn.evaluation.accuracy import make_predictor, split_parts
+from jaxunlearn.evaluation.challenge import (
+    challenge_epsilons, epsilon_points, final_score, logit_scaled_confidence,
+)
+from jaxunlearn.evaluation.lira import balanced_shadow_halves, ulira
+from jaxunlearn.methods import Context, get_method
+from jaxunlearn.report import new_figure, save_figure
+from jaxunlearn.runs import (
+    _restored_model, obtain_split, resolve_hparams, source_config, train, training_data, unlearn, write_json,
+)
+
+REFERENCE = "retrain"
+FLOOR = "retrain-floor"
+ORIGINAL = "original"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What to audit: `method` (with its --hp overrides) forgetting `forget` from one original, N = `models`
+    models per arm; the split is drawn with `seed` (`protocol` as in `unlearn`)."""
+
+    method: str
+    forget: str
+    models: int
+    hparams: dict[str, str] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    protocol: str = "default"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm's scores inputs: φ of the forget set [N, M], retain and test accuracy [N] per model."""
+
+    confidences: np.ndarray
+    retain_acc: np.ndarray
+    test_acc: np.ndarray
+    seconds: float
+
+
+def check_audit(config: AuditConfig, source: str | Path, execution: Execution) -> Split:
+    """Everything an audit needs, checked before anything is written; returns the split (not saved yet).
+
+    UserError for N < 2, an unknown method or one that cannot forget this way, bad hyperparameters, a
+    source that is no training run, a forget spec the dataset cannot have, or a layout the devices cannot run.
+    """
+    if config.models < 2:
+        raise UserError(f"an audit needs at least 2 models per arm, got {config.models}")
+    original = source_config(source)
+    held = checkpoint.read_meta(Path(source)).get("seeds")
+    if held is not None:
+        raise UserError(f"{source} holds {len(held)} models; an audit starts from one original")
+    unlearn_config = UnlearnConfig(method=config.method, forget=config.forget, hparams=config.hparams,
+                                   protocol=config.protocol, seed=config.seed)
+    hparams = resolve_hparams(unlearn_config, original)
+    if get_method(config.method).from_scratch:
+        raise UserError(f"{config.method} is the reference itself; audit a method that starts from the original")
+    dataset = training_data(original)
+    split = make_split(parse_forget(config.forget), dataset.train_labels, dataset.num_classes,
+                       protocol=config.protocol, seed=config.seed)
+    context = Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=config.seed,
+                      train_labels=dataset.train_labels, image_shape=dataset.image_shape)
+    get_method(config.method).plan(hparams, context, 0)  # the method's own checks of its plan
+    make_ensemble(config.models, execution)
+    return split
+
+
+def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
+              execution: Execution = Execution()) -> dict[str, Any]:
+    """Run (or resume) the four arms and write audit.json, confidences.npz and epsilons.png in `workdir`.
+
+    Returns audit.json's content: {"method", "forget", "models", "split_hash", "floor": …, "original": …,
+    "methods": {name: …}}, each scored arm with its forget quality F at N and at every power of 2 below,
+    its final score, per-example ε and accuracies (see `score_arm`).
+    """
+    check_audit(config, source, execution)
+    original = source_config(source)
+    dataset = training_data(original)
+    split = obtain_split(source, dataset, config.forget, config.protocol, config.seed)
+    workdir = Path(workdir)
+    n = config.models
+    arms: dict[str, Any] = {}
+    started = time.perf_counter()
+
+    def unlearn_arm(name: str, method: str, hparams: dict[str, str], seeds: range) -> Arm:
+        _announce(f"audit: {name} ({n} models)")
+        run = workdir / name
+        unlearn(UnlearnConfig(method=method, forget=config.forget, hparams=hparams, protocol=config.protocol,
+                              seed=config.seed), source, run, execution=execution, seeds=seeds)
+        return arm_outputs(run, original, dataset, split, n)
+
+    arms[config.method] = unlearn_arm(config.method, config.method, config.hparams, range(n))
+    arms[REFERENCE] = unlearn_arm(REFERENCE, REFERENCE, {}, range(n))
+    arms[FLOOR] = unlearn_arm(FLOOR, REFERENCE, {}, range(n, 2 * n))
+    _announce(f"audit: {ORIGINAL} ({n} models on the whole training set)")
+    train(original, workdir / ORIGINAL, execution=execution, seeds=range(2 * n, 3 * n))
+    arms[ORIGINAL] = arm_outputs(workdir / ORIGINAL, original, dataset, split, n)
+
+    reference = arms[REFERENCE]
+    audit_path = workdir / "audit.json"
+    previous = _read_json(audit_path)
+    summary = {
+        "forget": config.forget, "split_hash": split.content_hash(), "models": n,
+        "source": str(Path(source).absolute()),
+        "floor": score_arm(arms[FLOOR], reference), "original": score_arm(arms[ORIGINAL], reference),
+        "methods": {**(previous.get("methods", {}) if _same_audit(previous, split, n) else {}),
+                    config.method: {**score_arm(arms[config.method], reference),
+                                    "hparams": config.hparams}},
+        "reference": {"retain_acc": float(np.mean(reference.retain_acc)),
+                      "test_acc": float(np.mean(reference.test_acc)), "seconds": reference.seconds},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_json(audit_path, summary)
+    np.savez(workdir / "confidences.npz", forget_indices=split.forget,
+             **{name.replace("-", "_"): arm.confidences for name, arm in arms.items()})
+    write_epsilon_histogram(summary, workdir / "epsilons.png")
+    return summary
+
+
+def arm_outputs(run: Path, original: Any, dataset: Any, split: Split, models: int) -> Arm:
+    """φ of every forget example and the retain and test accuracy under each of a run's `models` models."""
+    graphdef, params, batch_stats = _restored_model(run, dataset, original, models)
+    data = DeviceData.from_dataset(dataset)
+    predict = make_predictor(graphdef, data.mean, data.std)
+    parts = split_parts(split, dataset.test_labels)
+    labels = {"train": dataset.train_labels, "test": dataset.test_labels}
+    images = {"train": data.train_images, "test": data.test_images}
+    confidences, retain_acc, test_acc = [], [], []
+    for k in range(models):
+        model_params, model_stats = take((params, batch_stats), k)
+        logits = {name: predict(model_params, model_stats, images[where], indices)[0]
+                  for name, (where, indices) in parts.items() if name in ("forget_train", "retain_train", "test")}
+        confidences.append(logit_scaled_confidence(logits["forget_train"], labels["train"][split.forget]))
+        for name, store in (("retain_train", retain_acc), ("test", test_acc)):
+            where, indices = parts[name]
+            store.append(float(np.mean(logits[name].argmax(axis=1) == labels[where][indices])))
+    seconds = float(_read_json(run / "metrics.json").get("seconds", 0.0))
+    return Arm(np.stack(confidences), np.array(retain_acc), np.array(test_acc), seconds)
+
+
+def score_arm(arm: Arm, reference: Arm) -> dict[str, Any]:
+    """The challenge scores of one arm against the retrained one: forget quality F at N and at every power
+    of two from 2 up (the first models of each arm), the final score at N, per-example ε, mean accuracies."""
+    n = len(arm.confidences)
+    epsilons = challenge_epsilons(arm.confidences, reference.confidences)
+    quality = float(np.mean(epsilon_points(epsilons, n)))
+    sizes = sorted({2 ** p for p in range(1, int(np.log2(n)) + 1)} | {n})
+    by_models = {str(m): float(np.mean(epsilon_points(
+        challenge_epsilons(arm.confidences[:m], reference.confidences[:m]), m))) for m in sizes if m < n}
+    return {"forget_quality": quality, "forget_quality_by_models": {**by_models, str(n): quality},
+            "final_score": final_score(quality, arm.retain_acc, reference.retain_acc, arm.test_acc,
+                                       reference.test_acc),
+            "retain_acc": float(np.mean(arm.retain_acc)), "test_acc": float(np.mean(arm.test_acc)),
+            "epsilons": epsilons.tolist(), "seconds": arm.seconds}
+
+
+def write_epsilon_histogram(summary: dict[str, Any], path: Path) -> None:
+    """Share of the forget examples in each of the challenge's ε bins, one bar per scored arm: bins of ½
+    from 0 (scoring 1, ½, ¼, …) up to ⌈ln(N−1)⌉, and one bin beyond it (scoring 0)."""
+    n = summary["models"]
+    top = int(np.ceil(np.log(n - 1)))
+    edges = np.append(np.arange(0, top + 0.25, 0.5), np.inf)
+    rows = {**summary["methods"], "retrain vs retrain (floor)": summary["floor"], "original": summary["original"]}
+    fig = new_figure(max(8.0, 1.0 + 0.45 * len(edges) * len(rows) / 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(rows)
+    for i, (name, entry) in enumerate(rows.items()):
+        counts, _ = np.histogram(entry["epsilons"], bins=edges)
+        ax.bar(np.arange(len(counts)) - 0.4 + width * (i + 0.5), 100 * counts / max(counts.sum(), 1), width,
+               label=f"{name}: F = {entry['forget_quality']:.3f}")
+    labels = [f"[{lo:g}, {hi:g})" for lo, hi in zip(edges[:-2], edges[1:-1])] + [f"≥ {top} (0 points)"]
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_xlabel("per-example ε (bins of the challenge score: 1, ½, ¼, … points)")
+    ax.set_ylabel("forget examples (%)")
+    ax.set_title(f"Challenge ε per forget example against {n} retrained models, {summary['forget']}")
+    ax.legend(fontsize=8, frameon=False, loc="upper center")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    save_figure(fig, path)
+
+
+@dataclass(frozen=True)
+class UliraConfig:
+    """U-LiRA of `method` (with its --hp overrides): `audited` training examples drawn with `seed`, `shadows`
+    shadow models (an even count), a quarter of them (at least 2) held out as targets; with `control`, the
+    retrained shadows are attacked too (the attack's 50% baseline)."""
+
+    method: str
+    audited: int
+    shadows: int
+    hparams: dict[str, str] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    control: bool = True
+
+    @property
+    def targets(self) -> int:
+        return max(2, self.shadows // 4 // 2 * 2)
+
+
+def check_ulira(config: UliraConfig, source: str | Path, execution: Execution) -> None:
+    """UserError, before anything is written, for a U-LiRA that cannot be run."""
+    if config.shadows < 8 or config.shadows % 2:
+        raise UserError(f"U-LiRA needs an even number of at least 8 shadows, got {config.shadows}")
+    if config.audited < 2 or config.audited % 2:
+        raise UserError(f"the audited examples are held by half of the shadows: an even count >= 2, "
+                        f"got {config.audited}")
+    original = source_config(source)
+    train_size = len(training_data(original).train_labels)
+    if config.audited > train_size // 2:
+        raise UserError(f"at most half of the {train_size} training images can be audited, got {config.audited}")
+    method = get_method(config.method)
+    method.check_mode("sample")
+    if method.from_scratch:
+        raise UserError(f"{config.method} is the control itself; audit a method that starts from the original")
+    resolve_hparams(UnlearnConfig(method=config.method, forget=f"random:{config.audited // 2}",
+                                  hparams=config.hparams, seed=config.seed), original)
+    make_ensemble(config.shadows, execution)
+
+
+def shadow_splits(subsets: np.ndarray, held_in: np.ndarray, audited: np.ndarray, seed: int) -> list[Split]:
+    """Each shadow's split: the audited examples it holds are forgotten, the rest of its subset retained."""
+    return [Split(forget=np.sort(audited[held]), retain=np.setdiff1d(subset, audited[held]),
+                  spec=ForgetSpec("random", count=int(held.sum())), protocol="default", seed=seed)
+            for subset, held in zip(subsets, held_in)]
+
+
+def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
+              execution: Execution = Execution()) -> dict[str, Any]:
+    """Run (or resume) the shadows, the method in them (and the retrained control), then the attack; writes
+    and returns `ulira.json`: {"audited", "shadows", "targets", "methods": {name: `lira.ulira` result},
+    "original": the same attack on the shadow originals themselves (plain LiRA: held vs not held)}."""
+    check_ulira(config, source, execution)
+    original = source_config(source)
+    dataset = training_data(original)
+    audited = make_split(ForgetSpec("random", count=config.audited), dataset.train_labels, dataset.num_classes,
+                         seed=config.seed).forget
+    subsets, held_in = balanced_shadow_halves(len(dataset.train_labels), audited, config.shadows, config.seed)
+    splits = shadow_splits(subsets, held_in, audited, config.seed)
+    workdir = Path(workdir)
+    s = config.shadows
+    _announce(f"ulira: {s} shadow originals on halves of the training set")
+    train(original, workdir / "shadows", execution=execution, seeds=range(3 * s, 4 * s), subsets=subsets)
+    labels = dataset.train_labels[audited]
+    never_seen = model_confidences(workdir / "shadows", original, dataset, audited, labels, s)
+    fitting = np.arange(s) < s - config.targets
+    results = {"audited": config.audited, "shadows": s, "targets": config.targets, "seed": config.seed,
+               "original": ulira(never_seen, never_seen, held_in, fitting)}
+    arms = [(config.method, config.hparams, range(s))] + ([("retrain", {}, range(s, 2 * s))] if config.control else [])
+    previous = _read_json(workdir / "ulira.json")
+    results["methods"] = previous.get("methods", {}) if previous.get("audited") == config.audited and \
+        previous.get("shadows") == s and previous.get("seed") == config.seed else {}
+    for method, hparams, seeds in arms:
+        _announce(f"ulira: {method} in the {s} shadows")
+        run = workdir / method
+        unlearn(UnlearnConfig(method=method, forget=f"random:{config.audited // 2}", hparams=hparams,
+                              seed=config.seed), workdir / "shadows", run, execution=execution, seeds=seeds,
+                splits=splits)
+        unlearned = model_confidences(run, original, dataset, audited, labels, s)
+        results["methods"][method] = {**ulira(unlearned, never_seen, held_in, fitting), "hparams": hparams}
+    write_json(workdir / "ulira.json", results)
+    return results
+
+
+def model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarray, labels: np.ndarray,
+                      models: int) -> np.ndarray:
+    """φ [K, n] of the train images `indices` (true labels `labels`) under each of a run's `models` models."""
+    graphdef, params, batch_stats = _restored_model(run, dataset, original, models)
+    data = DeviceData.from_dataset(dataset)
+    predict = make_predictor(graphdef, data.mean, data.std)
+    return np.stack([logit_scaled_confidence(predict(*take((params, batch_stats), k), data.train_images, indices)[0],
+                                             labels) for k in range(models)])
+
+
+def _same_audit(previous: dict[str, Any], split: Split, models: int) -> bool:
+    return previous.get("split_hash") == split.content_hash() and previous.get("models") == models
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _announce(message: str) -> None:
+    print(f"== {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,114 @@
+"""The metric registry: what every number an evaluation writes means, its unit and how to read it.
+
+The evaluation suite writes these names into metrics.json; the report tables and figures, the experiment
+reports and the demo read their units, descriptions, table columns and SalUn's average gap from here, so a
+new metric is one entry. Every metric is read against the retrained model's value ("match_retrain",
+docs/evaluation.md); a few are costs, where lower is better.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+Unit = Literal["fraction", "seconds", "count", "nats", "distance"]
+Direction = Literal["match_retrain", "lower_better"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """name: the key in metrics.json; unit: "fraction" (shown in percent), "seconds", "count", "nats" or
+    "distance" (a weight-space L2 norm); computed_by: the function that writes it; average_gap: part of
+    SalUn's Avg. Gap; table: a column of the report tables."""
+
+    name: str
+    unit: Unit
+    description: str
+    computed_by: str
+    direction: Direction = "match_retrain"
+    average_gap: bool = False
+    table: bool = False
+
+
+_SUITE = "jaxunlearn.evaluation.suite.forgetting_metrics"
+_ATTACKS = "jaxunlearn.evaluation.attacks.attack_suite"
+_REFERENCE = "jaxunlearn.evaluation.suite.reference_metrics"
+_SHALLOW_BN = "jaxunlearn.evaluation.shallow.recompute_batch_stats"
+_SHALLOW_PROBE = "jaxunlearn.evaluation.shallow.probe_accuracies"
+_RUNS = "jaxunlearn.runs.evaluate_run"
+
+REGISTRY: tuple[Metric, ...] = (
+    Metric("forget_train_acc", "fraction", "accuracy on the forget set (training images to be forgotten)", _SUITE,
+           average_gap=True, table=True),
+    Metric("forget_test_acc", "fraction",
+           "accuracy on the test images of the forgotten class(es) (class forgetting only)", _SUITE, table=True),
+    Metric("retain_train_acc", "fraction", "accuracy on the retained training images", _SUITE,
+           average_gap=True, table=True),
+    Metric("test_acc", "fraction",
+           "accuracy on the test set (for class forgetting: the test images of the other classes)", _SUITE,
+           average_gap=True, table=True),
+    Metric("forget_train_conf", "fraction", "mean max-softmax confidence on the forget set", _SUITE),
+    Metric("forget_test_conf", "fraction", "mean max-softmax confidence on the forgotten classes' test images", _SUITE),
+    Metric("retain_train_conf", "fraction", "mean max-softmax confidence on the retained training images", _SUITE),
+    Metric("test_conf", "fraction", "mean max-softmax confidence on the test set", _SUITE),
+    Metric("mia_efficacy", "fraction",
+           "MIA-efficacy (SalUn): share of the forget set an SVC confidence attack predicts as non-members",
+           _SUITE, average_gap=True, table=True),
+    Metric("mia_loss_auc", "fraction",
+           "ROC AUC of a threshold attack on the per-example loss, forget set (members) vs. held-out test images",
+           _ATTACKS, table=True),
+    Metric("mia_confidence_auc", "fraction", "the same attack on the true-class confidence p_y", _ATTACKS, table=True),
+    Metric("mia_logit_confidence_auc", "fraction",
+           "the same attack on the logit-scaled confidence log p_y − log Σ_{k≠y} p_k (LiRA's statistic)",
+           _ATTACKS, table=True),
+    *(Metric(f"mia_{score}_tpr_at_{level}_fpr", "fraction",
+             f"true-positive rate of the {score.replace('_', '-')} attack at {rate} false positives", _ATTACKS)
+      for score in ("loss", "confidence", "logit_confidence") for level, rate in (("1pct", "1%"), ("01pct", "0.1%"))),
+    Metric("js_forget", "nats",
+           "Jensen–Shannon divergence from the reference's predictions on the forget set (nats, 0 to ln 2)",
+           _REFERENCE, table=True),
+    Metric("js_test", "nats", "the same on the test set", _REFERENCE),
+    Metric("kl_forget", "nats", "KL(reference ‖ model) of the predictions on the forget set", _REFERENCE),
+    Metric("kl_test", "nats", "the same on the test set", _REFERENCE),
+    Metric("agreement_forget", "fraction", "share of forget images on which the model predicts the reference's class",
+           _REFERENCE, table=True),
+    Metric("agreement_test", "fraction", "the same on the test set", _REFERENCE),
+    Metric("l2_to_original", "distance", "L2 distance of all parameters to the original model's", _RUNS),
+    Metric("l2_to_reference", "distance", "L2 distance of all parameters to the reference's", _RUNS),
+    Metric("bn_recomputed_forget_train_acc", "fraction",
+           "forget-set accuracy after the BatchNorm statistics are recomputed on retain data, weights unchanged "
+           "(forgetting that lived in the statistics comes back)", _SHALLOW_BN, table=True),
+    Metric("bn_recomputed_forget_test_acc", "fraction",
+           "the same on the forgotten classes' test images (class forgetting only)", _SHALLOW_BN, table=True),
+    Metric("bn_recomputed_test_acc", "fraction", "test accuracy after the same recomputation", _SHALLOW_BN),
+    Metric("probe_forget_acc", "fraction",
+           "a linear probe on the frozen embeddings, fitted on half of the test set: its accuracy on the other "
+           "half's forgotten-class images (class forgetting) or on the forget set (sample forgetting)",
+           _SHALLOW_PROBE, table=True),
+    Metric("probe_test_acc", "fraction", "the same probe's accuracy on the other half's retained classes",
+           _SHALLOW_PROBE),
+    Metric("relearn_steps", "count", "fine-tuning steps on the forget set until its accuracy is back at the original's",
+           "jaxunlearn.evaluation.relearn.relearn_steps", table=True),
+    Metric("relearn_target_acc", "fraction", "the original's forget-set accuracy, the relearn target", _RUNS),
+    Metric("seconds", "seconds", "wall-clock time of the run", "jaxunlearn.engine.loop.fit", direction="lower_better",
+           table=True),
+    Metric("steps", "count", "optimizer steps of the run", "jaxunlearn.engine.loop.fit", direction="lower_better",
+           table=True),
+    Metric("epochs", "count", "epochs of the run", "jaxunlearn.engine.loop.fit", direction="lower_better"),
+)
+
+METRICS: dict[str, Metric] = {metric.name: metric for metric in REGISTRY}
+
+
+def metric(name: str) -> Metric | None:
+    """The registered metric `name`; a bootstrap bound "<metric>_low" / "_high" shares its metric's unit.
+    None for a name the registry does not know."""
+    if name in METRICS:
+        return METRICS[name]
+    base = name.removesuffix("_low").removesuffix("_high")
+    return METRICS.get(base) if base != name else None
+
+
+TABLE_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.table)
+"""The report tables' columns, in registry order."""
+
+AVERAGE_GAP_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.average_gap)
+"""SalUn's Avg. Gap: forget, retain and test accuracy and MIA-efficacy."""
