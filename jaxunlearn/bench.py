@@ -33,12 +33,16 @@ import jaxlib
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxunlearn.config import SupervisedHparams
 from jaxunlearn.data.splits import ForgetSpec, Split, make_split
-from jaxunlearn.engine.loop import Block, LossFn, make_epoch_fn, place_blocks, resolve_loop
+from jaxunlearn.engine.ensemble import (
+    make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
+)
+from jaxunlearn.engine.loop import Block, LossFn, make_epoch_fn, make_train_step, place_blocks, resolve_loop
 from jaxunlearn.engine.parallel import (
-    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, data_mesh, local_replica, replicate,
+    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, data_mesh, local_replica, replicate,
 )
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
@@ -61,6 +65,8 @@ class BenchConfig:
 
     devices: how many of `jax.devices()` to use (None = all); epoch_loop: "scan", "steps" or "auto" (see
     `make_epoch_fn`); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
+    models: K > 1 also times K models side by side (`jaxunlearn.engine.ensemble`), one after another and
+    vmapped, each step of each model on the same batch size.
     """
 
     model: str = "resnet18"
@@ -75,6 +81,7 @@ class BenchConfig:
     steps: int = 5
     repeats: int = 5
     seed: int = 0
+    models: int = 1
 
     @property
     def images_per_step(self) -> int:
@@ -97,6 +104,10 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
     devices = available_devices if config.devices is None else config.devices
     if not 1 <= devices <= available_devices:
         raise UserError(f"--devices must be between 1 and the {available_devices} available, got {config.devices}")
+    if config.models < 1:
+        raise UserError(f"--models must be >= 1, got {config.models}")
+    if config.models > 1:
+        make_ensemble(config.models, Execution(devices=config.devices, backend=config.backend))
     if config.batch % devices:
         raise UserError(f"--batch {config.batch} must be a multiple of the {devices} devices "
                         "(each device takes an equal share of the forget and of the retain images)")
@@ -220,6 +231,50 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
     }
 
 
+def bench_models(config: BenchConfig, model: nnx.Module, data: tuple[jax.Array, jax.Array], loss_fn: LossFn,
+                 tx: optax.GradientTransformation, block: Block) -> dict[str, Any]:
+    """Time K = config.models models stepping side by side, laid out two ways on the devices: "one after
+    another" (each device steps one model at a time, the groups in turn) and "vmapped" (each device steps
+    all of its models in one program). Every model starts from the same parameters and takes `block`.
+
+    Returns {layout: {"models_per_device", "ms_per_model_step", "model_steps_per_second", "compile_seconds"}}:
+    the median over `repeats` timed calls (after one warm-up) of the time for every model to take `steps`
+    steps, per model-step.
+    """
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mean, std = (MEAN,) * config.channels, (STD,) * config.channels
+    state = stack([create_state(params, batch_stats, tx)] * config.models)
+    blocks = stack_plans([[block]] * config.models)
+    train_step = make_train_step(graphdef, tx, loss_fn, mean, std)
+    layouts = {}
+    for layout in ("one_after_another", "vmapped"):
+        devices = make_ensemble(config.models, Execution(devices=config.devices)).devices
+        ensemble = make_ensemble(config.models, Execution(
+            devices=devices, models_per_device=1 if layout == "one_after_another" else config.models // devices))
+        loop = resolve_loop(config.epoch_loop, ensemble.mesh)
+        epoch_fn = make_models_epoch_fn(train_step, ensemble, loop)
+        images, labels = jax.device_put(data, NamedSharding(ensemble.mesh, P()))
+        groups = [place_group(jax.tree.map(lambda x: x[models], state), ensemble) for models in ensemble.groups()]
+        group_blocks = [place_group_blocks([{n: c[models] for n, c in b.items()} for b in blocks], ensemble, loop)
+                        for models in ensemble.groups()]
+        active = place_group(np.ones(ensemble.group_size, bool), ensemble)
+        seconds, compile_seconds = [], 0.0
+        for call in range(1 + config.repeats):  # the first call compiles and warms up
+            start = time.perf_counter()
+            for g in range(len(groups)):
+                groups[g], metrics = epoch_fn(groups[g], images, labels, None, group_blocks[g], 0, active)
+            jax.block_until_ready(groups)
+            (seconds.append if call else lambda t: None)(time.perf_counter() - start)
+            if not call:
+                compile_seconds = time.perf_counter() - start
+        per_model_step = statistics.median(seconds) / (config.steps * config.models)
+        layouts[layout] = {"models_per_device": ensemble.per_device, "devices": ensemble.devices,
+                           "ms_per_model_step": 1e3 * per_model_step,
+                           "model_steps_per_second": 1 / per_model_step,
+                           "first_call_seconds": compile_seconds}
+    return layouts
+
+
 def environment(mesh: jax.sharding.Mesh, epoch_loop: EpochLoop) -> dict[str, Any]:
     """Versions, hardware, the epoch loop that ran ("auto" resolved) and XLA flags the figures were taken with."""
     device = mesh.devices.flat[0]
@@ -246,11 +301,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     plans = step_plans(config, split)
     procedures = step_procedures(config, split, labels)
     figures = {}
+    new_model = lambda: create_model(config.model, config.classes, in_channels=config.channels,
+                                     width=config.width, seed=config.seed, bn_axis_name=AXIS)
     for kind in STEP_KINDS:
-        model = create_model(config.model, config.classes, in_channels=config.channels, width=config.width,
-                             seed=config.seed, bn_axis_name=AXIS)
         loss_fn, tx = procedures[kind]
-        figures[kind] = bench_step(config, mesh, model, data, loss_fn, tx, plans[kind])
+        figures[kind] = bench_step(config, mesh, new_model(), data, loss_fn, tx, plans[kind])
+        if config.models > 1:  # a model of its own: the step donated the first one's buffers
+            figures[kind]["models"] = bench_models(config, new_model(), data, loss_fn, tx, plans[kind])
     return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop), "steps": figures}
 
 
@@ -278,6 +335,13 @@ def format_report(result: dict[str, Any]) -> str:
         )
     lines.append("peak MiB: XLA's memory analysis of one device's program (arguments + outputs + temporaries − "
                  "donated); GFLOP: XLA's cost analysis, all devices")
+    if config.get("models", 1) > 1:
+        lines += ["", f"{config['models']} models side by side: ms per model-step (model-steps/s)"]
+        for kind, figures in result["steps"].items():
+            cells = [f"{layout.replace('_', ' ')} ({f['models_per_device']}/device on {f['devices']}) "
+                     f"{f['ms_per_model_step']:.1f} ({f['model_steps_per_second']:.1f})"
+                     for layout, f in figures["models"].items()]
+            lines.append(f"{kind:6s} " + "; ".join(cells))
     return "\n".join(lines)
 
 

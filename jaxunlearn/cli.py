@@ -157,6 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=5, help="optimizer steps per timed call, one compiled scan")
     bench.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up call (median)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the model, the images and the batches")
+    bench.add_argument("--models", type=int, default=1, metavar="K",
+                       help="also time K models side by side, one after another and vmapped (default 1: off)")
     bench.add_argument("--json", help="also write every figure as JSON to this path")
     _add_execution_flags(bench)
     return parser
@@ -290,7 +292,7 @@ def _bench(args: argparse.Namespace) -> None:
     config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
                          backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,
-                         repeats=args.repeats, seed=args.seed)
+                         repeats=args.repeats, seed=args.seed, models=args.models)
     result = run_bench(config)
     if is_main_process():
         print(format_report(result))

@@ -99,7 +99,23 @@ def test_bench_reports_both_steps_with_flops_matching_a_hand_count(tmp_path):
         assert figures["param_checksum"] > 0
 
 
+def test_bench_times_models_side_by_side_both_ways(capsys):
+    """--models K: the same step for K models, one after another and vmapped, per model-step."""
+    config = BenchConfig(model="resnet18", width=0.125, batch=4, image_size=8, channels=1, devices=2, steps=2,
+                         repeats=1, models=4)
+    result = run_bench(config)
+    for kind in ("cu", "train"):
+        layouts = result["steps"][kind]["models"]
+        assert layouts["one_after_another"]["models_per_device"] == 1
+        assert layouts["vmapped"]["models_per_device"] == 2 and layouts["vmapped"]["devices"] == 2
+        for figures in layouts.values():
+            assert figures["ms_per_model_step"] > 0
+            assert figures["model_steps_per_second"] == pytest.approx(1e3 / figures["ms_per_model_step"])
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--models", "0"], "--models must be >= 1"),
+    (["--models", "6", "--devices", "4"], "6 models do not split evenly over 4 devices"),
     (["--model", "resnet7"], "unknown model 'resnet7'"),
     (["--batch", "0"], "--batch must be >= 1"),
     (["--batch", "3", "--devices", "2"], "--batch 3 must be a multiple of the 2 devices"),
