@@ -18,7 +18,8 @@ scores go to `audit.json` (updated per method), the logit-scaled confidences of 
 
 `jaxunlearn ulira` runs U-LiRA (`run_ulira`, `jaxunlearn.evaluation.lira`): S shadow originals on
 complementary halves of the original's training set, the method unlearning in each the audited examples it
-holds, and the likelihood-ratio attack's balanced accuracy on held-out shadows (50%: it cannot tell).
+holds, every shadow retrained without them, and the likelihood-ratio attack's balanced accuracy on held-out
+shadows (50%: it cannot tell an unlearned example from one the model never saw).
 """
 
 import dataclasses
@@ -30,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.config import UnlearnConfig
-from jaxunlearn.data.splits import ForgetSpec, Split, make_split, parse_forget
+from jaxunlearn.data.splits import ForgetSpec, Split, index_hash, make_split, parse_forget
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.engine.ensemble import make_ensemble, take
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.errors import UserError
+from jaxunlearn.files import atomic_write, write_json
 from jaxunlearn.evaluation.accuracy import make_predictor, split_parts
 from jaxunlearn.evaluation.challenge import (
     challenge_epsilons, epsilon_points, final_score, logit_scaled_confidence,
@@ -45,7 +47,7 @@ from jaxunlearn.evaluation.lira import balanced_shadow_halves, ulira
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.report import new_figure, save_figure
 from jaxunlearn.runs import (
-    _restored_model, obtain_split, resolve_hparams, source_config, train, training_data, unlearn, write_json,
+    _restored_model, obtain_split, resolve_hparams, source_config, train, training_data, unlearn,
 )
 
 REFERENCE = "retrain"
@@ -149,14 +151,35 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
         "wall_seconds": time.perf_counter() - started,
     }
     write_json(audit_path, summary)
-    np.savez(workdir / "confidences.npz", forget_indices=split.forget,
-             **{name.replace("-", "_"): arm.confidences for name, arm in arms.items()})
+    scored = {**{name: arm_outputs(workdir / name, original, dataset, split, n) for name in summary["methods"]},
+              **arms}
+    atomic_write(workdir / "confidences.npz", lambda file: np.savez(
+        file, forget_indices=split.forget, **{name.replace("-", "_"): arm.confidences for name, arm in scored.items()}),
+        "wb")
     write_epsilon_histogram(summary, workdir / "epsilons.png")
     return summary
 
 
 def arm_outputs(run: Path, original: Any, dataset: Any, split: Split, models: int) -> Arm:
-    """φ of every forget example and the retain and test accuracy under each of a run's `models` models."""
+    """φ of every forget example and the retain and test accuracy under each of a run's `models` models.
+
+    Kept in `run/audit_outputs.npz` for the split and checkpoint they were computed from, so the arms that
+    audits of several methods share are evaluated once.
+    """
+    cache = run / "audit_outputs.npz"
+    key = f"{split.content_hash()}|{checkpoint.latest_epoch(run)}|{models}"
+    if cache.exists():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return Arm(stored["confidences"], stored["retain_acc"], stored["test_acc"], float(stored["seconds"]))
+    arm = _evaluate_arm(run, original, dataset, split, models)
+    atomic_write(cache, lambda file: np.savez(file, key=np.array(key), confidences=arm.confidences,
+                                              retain_acc=arm.retain_acc, test_acc=arm.test_acc,
+                                              seconds=np.array(arm.seconds)), "wb")
+    return arm
+
+
+def _evaluate_arm(run: Path, original: Any, dataset: Any, split: Split, models: int) -> Arm:
     graphdef, params, batch_stats = _restored_model(run, dataset, original, models)
     data = DeviceData.from_dataset(dataset)
     predict = make_predictor(graphdef, data.mean, data.std)
@@ -220,15 +243,13 @@ def write_epsilon_histogram(summary: dict[str, Any], path: Path) -> None:
 @dataclass(frozen=True)
 class UliraConfig:
     """U-LiRA of `method` (with its --hp overrides): `audited` training examples drawn with `seed`, `shadows`
-    shadow models (an even count), a quarter of them (at least 2) held out as targets; with `control`, the
-    retrained shadows are attacked too (the attack's 50% baseline)."""
+    shadow models (an even count), a quarter of them (at least 2) held out as targets."""
 
     method: str
     audited: int
     shadows: int
     hparams: dict[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 0
-    control: bool = True
 
     @property
     def targets(self) -> int:
@@ -264,9 +285,16 @@ def shadow_splits(subsets: np.ndarray, held_in: np.ndarray, audited: np.ndarray,
 
 def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
               execution: Execution = Execution()) -> dict[str, Any]:
-    """Run (or resume) the shadows, the method in them (and the retrained control), then the attack; writes
-    and returns `ulira.json`: {"audited", "shadows", "targets", "methods": {name: `lira.ulira` result},
-    "original": the same attack on the shadow originals themselves (plain LiRA: held vs not held)}."""
+    """Run (or resume) the U-LiRA arms, then the attack; writes and returns `ulira.json`.
+
+    Arms, each a run of S models: `shadows`, the shadow originals on complementary halves (seeds 3S … 4S−1);
+    `<method>`, the method in every shadow forgetting the audited examples it holds (seeds 0 … S−1);
+    `retrain`, every shadow retrained from scratch without them (seeds S … 2S−1), which never saw any
+    audited example: the "never seen" side; `retrain-floor`, the same with seeds 2S … 3S−1, the control.
+    ulira.json: {"audited", "shadows", "targets", "seed", "methods": {name: `lira.ulira` result},
+    "floor": retraining attacked as if it were a method (the attack's chance level, ideally 50%),
+    "original": the shadow originals themselves (no unlearning)}.
+    """
     check_ulira(config, source, execution)
     original = source_config(source)
     dataset = training_data(original)
@@ -276,32 +304,52 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
     splits = shadow_splits(subsets, held_in, audited, config.seed)
     workdir = Path(workdir)
     s = config.shadows
+    labels = dataset.train_labels[audited]
     _announce(f"ulira: {s} shadow originals on halves of the training set")
     train(original, workdir / "shadows", execution=execution, seeds=range(3 * s, 4 * s), subsets=subsets)
-    labels = dataset.train_labels[audited]
-    never_seen = model_confidences(workdir / "shadows", original, dataset, audited, labels, s)
-    fitting = np.arange(s) < s - config.targets
-    results = {"audited": config.audited, "shadows": s, "targets": config.targets, "seed": config.seed,
-               "original": ulira(never_seen, never_seen, held_in, fitting)}
-    arms = [(config.method, config.hparams, range(s))] + ([("retrain", {}, range(s, 2 * s))] if config.control else [])
-    previous = _read_json(workdir / "ulira.json")
-    results["methods"] = previous.get("methods", {}) if previous.get("audited") == config.audited and \
-        previous.get("shadows") == s and previous.get("seed") == config.seed else {}
-    for method, hparams, seeds in arms:
-        _announce(f"ulira: {method} in the {s} shadows")
-        run = workdir / method
+
+    def shadow_arm(name: str, method: str, hparams: dict[str, str], seeds: range) -> np.ndarray:
+        _announce(f"ulira: {name} in the {s} shadows")
         unlearn(UnlearnConfig(method=method, forget=f"random:{config.audited // 2}", hparams=hparams,
-                              seed=config.seed), workdir / "shadows", run, execution=execution, seeds=seeds,
-                splits=splits)
-        unlearned = model_confidences(run, original, dataset, audited, labels, s)
-        results["methods"][method] = {**ulira(unlearned, never_seen, held_in, fitting), "hparams": hparams}
+                              seed=config.seed), workdir / "shadows", workdir / name, execution=execution,
+                seeds=seeds, splits=splits)
+        return model_confidences(workdir / name, original, dataset, audited, labels, s)
+
+    unlearned = shadow_arm(config.method, config.method, config.hparams, range(s))
+    never_seen = shadow_arm(REFERENCE, REFERENCE, {}, range(s, 2 * s))
+    floor = shadow_arm(FLOOR, REFERENCE, {}, range(2 * s, 3 * s))
+    shadows = model_confidences(workdir / "shadows", original, dataset, audited, labels, s)
+    fitting = np.arange(s) < s - config.targets
+    previous = _read_json(workdir / "ulira.json")
+    same = all(previous.get(key) == value for key, value in
+               (("audited", config.audited), ("shadows", s), ("seed", config.seed)))
+    results = {"audited": config.audited, "shadows": s, "targets": config.targets, "seed": config.seed,
+               "floor": ulira(floor, never_seen, held_in, fitting),
+               "original": ulira(shadows, never_seen, held_in, fitting),
+               "methods": {**(previous.get("methods", {}) if same else {}),
+                           config.method: {**ulira(unlearned, never_seen, held_in, fitting),
+                                           "hparams": config.hparams}}}
     write_json(workdir / "ulira.json", results)
     return results
 
 
 def model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarray, labels: np.ndarray,
                       models: int) -> np.ndarray:
-    """φ [K, n] of the train images `indices` (true labels `labels`) under each of a run's `models` models."""
+    """φ [K, n] of the train images `indices` (true labels `labels`) under each of a run's `models` models,
+    kept in `run/ulira_confidences.npz` for the checkpoint and examples they were computed from."""
+    cache = run / "ulira_confidences.npz"
+    key = f"{index_hash(indices)}|{checkpoint.latest_epoch(run)}|{models}"
+    if cache.exists():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return stored["confidences"]
+    confidences = _model_confidences(run, original, dataset, indices, labels, models)
+    atomic_write(cache, lambda file: np.savez(file, key=np.array(key), confidences=confidences), "wb")
+    return confidences
+
+
+def _model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarray, labels: np.ndarray,
+                       models: int) -> np.ndarray:
     graphdef, params, batch_stats = _restored_model(run, dataset, original, models)
     data = DeviceData.from_dataset(dataset)
     predict = make_predictor(graphdef, data.mean, data.std)

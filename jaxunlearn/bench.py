@@ -19,12 +19,10 @@ Under `shard_map` and `pmap` the compiled program is one device's: FLOPs and mem
 the model FLOPs of a step are the per-device count times the device count.
 """
 
-import json
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import jax
@@ -343,12 +341,3 @@ def format_report(result: dict[str, Any]) -> str:
                      for layout, f in figures["models"].items()]
             lines.append(f"{kind:6s} " + "; ".join(cells))
     return "\n".join(lines)
-
-
-def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `result` to `path` atomically (a temporary file in the same directory, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(partial, path)

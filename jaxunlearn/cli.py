@@ -14,7 +14,6 @@ from pathlib import Path
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PROTOCOLS
 from jaxunlearn.engine.parallel import BACKENDS, EPOCH_LOOPS, Execution, initialize_distributed, is_main_process
-from jaxunlearn.engine.xla_flags import apply_default_xla_flags
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
 
@@ -133,7 +132,6 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="shadow models (even, >= 8), a quarter of them held out as targets")
     lira.add_argument("--workdir", required=True, help="the shadows' runs and ulira.json (shared by methods)")
     lira.add_argument("--seed", type=int, default=0, help="seed of the audited examples and the halves")
-    lira.add_argument("--no-control", action="store_true", help="skip the retrained shadows (the 50%% baseline)")
     lira.add_argument("--epochs", type=int)
     lira.add_argument("--batch-size", type=int)
     lira.add_argument("--lr", type=float)
@@ -226,9 +224,10 @@ def _ulira(args: argparse.Namespace) -> None:
     from jaxunlearn.audit import UliraConfig, run_ulira
 
     config = UliraConfig(method=args.method, audited=args.audited, shadows=args.shadows,
-                         hparams=_method_overrides(args), seed=args.seed, control=not args.no_control)
+                         hparams=_method_overrides(args), seed=args.seed)
     results = run_ulira(config, args.source, args.workdir, execution=_execution(args))
-    for name, attack in [*results["methods"].items(), ("original (no unlearning)", results["original"])]:
+    for name, attack in [*results["methods"].items(), ("retrain (the control)", results["floor"]),
+                         ("original (no unlearning)", results["original"])]:
         print(f"{name:26s} balanced accuracy {attack['balanced_accuracy']:.3f} "
               f"[{attack['balanced_accuracy_low']:.3f}, {attack['balanced_accuracy_high']:.3f}]")
     print(Path(args.workdir) / "ulira.json")
@@ -286,7 +285,8 @@ def _demo(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import jax
 
-    from jaxunlearn.bench import BenchConfig, format_report, run_bench, write_json
+    from jaxunlearn.bench import BenchConfig, format_report, run_bench
+    from jaxunlearn.files import write_json
 
     jax.config.update("jax_enable_compilation_cache", False)  # time real compilations, not cache reads
     config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
@@ -297,7 +297,8 @@ def _bench(args: argparse.Namespace) -> None:
     if is_main_process():
         print(format_report(result))
         if args.json:
-            write_json(result, args.json)
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.json, result)
 
 
 def format_metrics(metrics: dict) -> str:
@@ -320,7 +321,6 @@ def _configure_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    apply_default_xla_flags(os.environ)  # before JAX starts a backend; never overrides the user's XLA_FLAGS
     args = _build_parser().parse_args(argv)
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
                 "bench": _bench, "experiment": _experiment, "audit": _audit,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.config import train_config_from_json
 from jaxunlearn.data.splits import Split, load_split
 from jaxunlearn.errors import UserError

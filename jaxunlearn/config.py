@@ -1,6 +1,7 @@
 """Typed run configurations (frozen dataclasses) and `name=value` overrides of their fields."""
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -10,8 +11,35 @@ from jaxunlearn.errors import UserError
 Protocol = Literal["default", "official"]
 
 
+class Hparams:
+    """The base of every method's hyperparameters, a frozen dataclass with at least `epochs` and `batch_size`.
+
+    `validate()` refuses values out of range before a run writes anything. The base checks what methods share,
+    by field name: every float finite; epochs, batch_size and retain_per_forget at least 1; learning rates
+    and temperatures positive; momentum in [0, 1); weight decay non-negative. A method with more to check
+    overrides `validate`, calling this one first.
+    """
+
+    epochs: int
+    batch_size: int
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            name, value = field.name, getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{name} must be finite, got {value}")
+            if name in ("epochs", "batch_size", "retain_per_forget") and value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+            if name.endswith(("learning_rate", "temperature")) and not value > 0:
+                raise UserError(f"{name} must be positive, got {value}")
+            if name == "momentum" and not 0 <= value < 1:
+                raise UserError(f"momentum must be in [0, 1), got {value}")
+            if name == "weight_decay" and value < 0:
+                raise UserError(f"weight_decay must be non-negative, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
-class SupervisedHparams:
+class SupervisedHparams(Hparams):
     """The official pretraining recipe: SGD with momentum, coupled weight decay, per-epoch cosine.
 
     The learning rate of epoch e is ½·lr·(1 + cos(π·e/(epochs + 1))) (PyTorch CosineAnnealingLR with
@@ -95,7 +123,8 @@ def _parse_value(name: str, annotation: Any, text: str) -> Any:
 def override(config: Any, overrides: dict[str, str]) -> Any:
     """A copy of dataclass `config` with fields set from strings, converted to each field's type.
 
-    An unknown field name raises UserError listing the known ones.
+    An unknown field name raises UserError listing the known ones; hyperparameters (`Hparams`) are then
+    validated.
     """
     fields = {f.name: f for f in dataclasses.fields(config)}
     hints = typing.get_type_hints(type(config))
@@ -107,7 +136,10 @@ def override(config: Any, overrides: dict[str, str]) -> Any:
                 f"known: {', '.join(fields)}"
             )
         changes[name] = _parse_value(name, hints[name], text)
-    return dataclasses.replace(config, **changes)
+    result = dataclasses.replace(config, **changes)
+    if isinstance(result, Hparams):
+        result.validate()
+    return result
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
-from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn, write_json
+from jaxunlearn.files import write_json
+from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn
 
 FORGET = "class:5"
 TRAIN = TrainConfig(dataset="digits", model="resnet18", width=0.125,

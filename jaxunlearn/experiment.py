@@ -24,10 +24,11 @@ from jaxunlearn.config import Protocol, SupervisedHparams, TrainConfig, UnlearnC
 from jaxunlearn.data.splits import PROTOCOLS, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
+from jaxunlearn.files import write_json
 from jaxunlearn.evaluation.relearn import RelearnSettings
-from jaxunlearn.methods import get_method
+from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
-from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn, write_json
+from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn
 
 REFERENCE = "retrain"
 
@@ -199,11 +200,8 @@ def _announce(message: str) -> None:
         print(f"== {message}", file=sys.stderr, flush=True)
 
 
-PAPER_METHODS: tuple[str, ...] = (
-    "contrastive", "finetune", "gradient_ascent", "neggrad_plus", "random_label", "l1_sparse", "salun",
-    "boundary_shrink", "boundary_expand", "scrub", "unsir", "bad_teacher",
-)
-"""Every method the paper's comparison needs, in the order the reports list them."""
+PAPER_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.in_paper_comparison)
+"""Every method the paper's comparison needs (`Method.in_paper_comparison`), in the order the reports list them."""
 
 
 def methods_for(forget: str) -> tuple[str, ...]:

@@ -9,8 +9,6 @@ never pyplot), so this module neither changes the caller's backend nor keeps fig
 """
 
 import math
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, REGISTRY, TABLE_METRICS, metric
+from jaxunlearn.files import atomic_write
+from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, REGISTRY, TABLE_METRICS, metric as registered
 
 __all__ = [
     "AVG_GAP_METRICS",
@@ -77,8 +76,8 @@ _DPI = 120
 
 def _kind(name: str) -> str:
     """"percent" (fractions shown ×100), "seconds", "count" or "plain", from the metric registry."""
-    registered = metric(name)
-    unit = registered.unit if registered else None
+    entry = registered(name)
+    unit = entry.unit if entry else None
     return {"fraction": "percent", "seconds": "seconds", "count": "count"}.get(unit, "plain")
 
 
@@ -198,24 +197,9 @@ def gap_table(summaries: list[RunSummary], reference: str = "retrain",
 # Writing files
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """Write through `write(file)` to a temporary file next to `path`, then rename it over `path`.
-
-    The temporary file is opened normally (not with mkstemp) so that the result gets the umask's permissions.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, mode.replace("w", "x")) as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_figure(fig: Any, path: Path) -> None:
     """Write a matplotlib figure as PNG, atomically."""
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=_DPI), "wb")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=_DPI), "wb")
 
 
 def write_report(summaries: list[RunSummary], out_dir: str | Path, *, reference: str = "retrain",
@@ -263,7 +247,7 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path, *, reference:
 
     text = _markdown(summaries, ref, orig, title, [p.name for p in written])
     report = out / "report.md"
-    _atomic_write(report, lambda f: f.write(text), "w")
+    atomic_write(report, lambda f: f.write(text), "w")
     return [*written, report]
 
 
@@ -293,7 +277,7 @@ def _markdown(summaries: list[RunSummary], ref: RunSummary, orig: RunSummary, ti
     if present:
         lines += ["### Metrics", "", "| metric | meaning | direction |", "|:---|:---|:---|"]
         lines += [f"| {m} | {METRIC_DESCRIPTIONS[m]} | "
-                  f"{'lower is better' if metric(m).direction == 'lower_better' else 'match ' + _md_escape(ref.name)} |"
+                  f"{'lower is better' if registered(m).direction == 'lower_better' else 'match ' + _md_escape(ref.name)} |"
                   for m in present]
         lines.append("")
     if figures:
@@ -696,5 +680,5 @@ def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str 
         lines += [f"![{path.stem}]({path.name})", "", _SEED_CAPTIONS[path.name], ""]
     report = out / "report.md"
     text = "\n".join(lines).rstrip("\n") + "\n"
-    _atomic_write(report, lambda f: f.write(text), "w")
+    atomic_write(report, lambda f: f.write(text), "w")
     return [*written, report]

@@ -14,7 +14,6 @@ Run directory:
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json, train_config_from_json
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import Dataset, load_dataset, stratified_subset
@@ -35,6 +34,7 @@ from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
 from jaxunlearn.engine.parallel import AXIS, Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
+from jaxunlearn.files import write_json
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
@@ -48,13 +48,6 @@ from jaxunlearn.models import create_model
 
 SUBSETS_FILE = "subsets.npz"
 """A training run of several models on subsets of the train set: the subsets, int [K, n], with their hash."""
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically: a killed process leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def prepare_workdir(workdir: str | Path, config: dict[str, Any]) -> Path:
@@ -83,13 +76,6 @@ def _prepare_workdir(path: Path, config: dict[str, Any]) -> None:
         write_json(config_file, config)
     except OSError as error:
         raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
-
-
-def _check_positive(hparams: Any) -> None:
-    for name in ("epochs", "batch_size"):
-        value = getattr(hparams, name)
-        if value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
 
 
 def _model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool):
@@ -133,7 +119,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
       [K, n] train indices, saved as subsets.npz), on its row. The result (metrics.json) is then
       {"seeds", "models": one metrics dict per model, "seconds", "steps", "epochs"}.
     """
-    _check_positive(config.recipe)
+    config.recipe.validate()
     dataset = training_data(config)
     everything = np.arange(len(dataset.train_labels))
     if seeds is None and subsets is not None:
@@ -288,8 +274,7 @@ def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
     method = get_method(config.method)
     mode = parse_forget(config.forget).mode
     method.check_mode(mode)
-    hparams = override(method.default_hparams(mode, original), config.hparams)
-    _check_positive(hparams)
+    hparams = override(method.default_hparams(mode, original), config.hparams)  # validated
     return hparams
 
 

@@ -18,8 +18,8 @@ control sets a flag XLA ignores (deprecated: its setter discards the value), so 
 control are two runs of one configuration: their mean is the round's baseline and their gap the noise. A
 candidate's speedup in a round is the baseline's CU + train time per step over its own; the row shows the
 median over rounds. A candidate wins when it equals the reference, beats the baseline in every round, and
-its median speedup is at least 1 + max(MIN_GAIN, noise); the fastest winner is the recommendation (set
-DEFAULT_XLA_FLAGS in jaxunlearn/engine/xla_flags.py to it). --summarise-only recomputes the table from the
+its median speedup is at least 1 + max(MIN_GAIN, noise); the fastest winner is the recommendation (to set
+in XLA_FLAGS; jaxunlearn sets no XLA flag of its own). --summarise-only recomputes the table from the
 JSON files of an earlier sweep in --out.
 
   python scripts/xla_cpu_flags.py --out DIR [--only NAME,...] [--try "FLAGS"]... [--rounds N] BENCH-ARGS
@@ -233,7 +233,7 @@ def main() -> int:
               f"{max(MIN_GAIN, noise_level):.1%} in the median: keep XLA's defaults")
     else:
         print(f"recommendation: {best['name']} ({best['flags']}), {best['speedup']:.3f}x: "
-              "put it in DEFAULT_XLA_FLAGS (jaxunlearn/engine/xla_flags.py)")
+              "set it in XLA_FLAGS")
     return 0
 
 

@@ -14,7 +14,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.cli import main
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import DeviceData

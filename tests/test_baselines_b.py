@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.cli import main
 from jaxunlearn.config import TrainConfig, override
 from jaxunlearn.data.device import DeviceData

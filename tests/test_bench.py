@@ -1,4 +1,4 @@
-"""`jaxunlearn bench` at a tiny size, and the default XLA flags.
+"""`jaxunlearn bench` at a tiny size.
 
 FLOP tolerance. XLA's cost analysis counts 2 FLOPs per multiply-add over the non-padding taps of each
 convolution and dense layer, plus the elementwise work (BatchNorm, ReLU, normalisation, the optimizer).
@@ -18,7 +18,6 @@ import pytest
 
 from jaxunlearn.bench import BenchConfig, run_bench
 from jaxunlearn.cli import main
-from jaxunlearn.engine.xla_flags import DEFAULT_XLA_FLAGS, apply_default_xla_flags, merge_xla_flags
 
 TINY = ["--model", "resnet18", "--width", "0.125", "--batch", "8", "--image-size", "16", "--channels", "3",
         "--classes", "10"]
@@ -80,7 +79,7 @@ def test_bench_reports_both_steps_with_flops_matching_a_hand_count(tmp_path):
     assert env["backend"] == "cpu" and env["devices"] == 1 and env["cpu_count"] == os.cpu_count()
     assert env["epoch_loop"] == "steps"  # "auto" on CPU
     assert "steps loop" in done.stdout
-    assert env["xla_flags"] == merge_xla_flags(user_flags, DEFAULT_XLA_FLAGS)  # the user's flag survives
+    assert env["xla_flags"] == user_flags  # recorded as the bench ran with it
     hand = hand_count_flops(16, 16, 3, 0.125, 10)
     for kind in ("cu", "train"):
         figures = result["steps"][kind]
@@ -126,23 +125,6 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     captured = capsys.readouterr()
     assert captured.err.startswith(f"jaxunlearn: error: {message}")
     assert captured.err.count("\n") == 1 and captured.out == ""
-
-
-def test_default_xla_flags_never_override_the_users():
-    defaults = ("--xla_cpu_use_onednn=true", "--xla_cpu_prefer_vector_width=512")
-    user = "--xla_cpu_use_onednn=false  --xla_force_host_platform_device_count=2"
-    assert merge_xla_flags(user, defaults) == f"--xla_cpu_prefer_vector_width=512 {user}"
-    environ = {"XLA_FLAGS": user}
-    apply_default_xla_flags(environ, defaults)
-    assert environ["XLA_FLAGS"].endswith(user)  # XLA applies flags in order: the user's come last and win
-    assert environ["XLA_FLAGS"].count("xla_cpu_use_onednn") == 1
-
-    empty: dict[str, str] = {}
-    apply_default_xla_flags(empty, defaults)
-    assert empty == {"XLA_FLAGS": " ".join(defaults)}
-    untouched: dict[str, str] = {}
-    apply_default_xla_flags(untouched, ())
-    assert untouched == {}
 
 
 @pytest.mark.slow

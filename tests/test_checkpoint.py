@@ -6,7 +6,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import create_model

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.cli import main
 from jaxunlearn.data.splits import load_split
 from jaxunlearn.runs import evaluate_run

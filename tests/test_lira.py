@@ -37,9 +37,11 @@ def synthetic(shift, shadows=64, examples=300, seed=0):
 
 
 def test_indistinguishable_unlearning_scores_chance_and_a_shift_is_caught():
-    same = ulira(*synthetic(0.0))
+    unlearned, never_seen, held, fitting = synthetic(0.0)
+    same = ulira(unlearned, never_seen, held, fitting)
     assert same["balanced_accuracy_low"] < 0.5 < same["balanced_accuracy_high"]
-    assert abs(same["balanced_accuracy"] - 0.5) < 0.03 and same["targets"] == 16 * 300
+    # every example a target shadow held, shown twice: after unlearning and after retraining
+    assert abs(same["balanced_accuracy"] - 0.5) < 0.03 and same["targets"] == 2 * held[~fitting].sum()
     shifted = ulira(*synthetic(2.0))
     # Two unit Gaussians 2 apart: the likelihood-ratio test is right with probability Φ(1) ≈ 0.84.
     assert shifted["balanced_accuracy"] == pytest.approx(0.84, abs=0.03)
@@ -64,14 +66,15 @@ def test_ulira_command_on_digits(tmp_path):
     assert main(["ulira", "--from", str(source), "--method", "contrastive", "--audited", "20", "--shadows", "8",
                  "--workdir", str(workdir), "--epochs", "1"]) == 0
     results = json.loads((workdir / "ulira.json").read_text())
-    assert results["shadows"] == 8 and results["targets"] == 2 and set(results["methods"]) == {"contrastive",
-                                                                                             "retrain"}
-    for attack in [results["original"], *results["methods"].values()]:
+    assert results["shadows"] == 8 and results["targets"] == 2 and set(results["methods"]) == {"contrastive"}
+    for attack in [results["original"], results["floor"], *results["methods"].values()]:
         assert 0 <= attack["balanced_accuracy_low"] <= attack["balanced_accuracy"] <= attack["balanced_accuracy_high"] <= 1
         assert attack["targets"] == 2 * 20
     shadows = json.loads((workdir / "shadows" / "config.json").read_text())
     assert shadows["seeds"] == list(range(24, 32)) and "subsets_hash" in shadows
-    assert len(list((workdir / "contrastive" / "splits").glob("model*.npz"))) == 8
+    for arm, seeds in (("contrastive", range(8)), ("retrain", range(8, 16)), ("retrain-floor", range(16, 24))):
+        assert json.loads((workdir / arm / "config.json").read_text())["seeds"] == list(seeds)
+        assert len(list((workdir / arm / "splits").glob("model*.npz"))) == 8
     assert main(["ulira", "--from", str(source), "--method", "unsir", "--audited", "20", "--shadows", "8",
                  "--workdir", str(tmp_path / "refused")]) == 2
     assert main(["ulira", "--from", str(source), "--method", "contrastive", "--audited", "21", "--shadows", "8",

@@ -13,6 +13,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from jaxunlearn.errors import UserError
+from jaxunlearn.files import atomic_write
 
 Protocol = Literal["default", "official"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
@@ -154,16 +155,8 @@ def _random_forget_indices(count: int, num_train: int, protocol: Protocol, seed:
 
 
 def _save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to an .npz at ``path`` atomically (temp file + os.replace)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` to an .npz at ``path`` atomically."""
+    atomic_write(path, lambda file: np.savez(file, **arrays), "wb")
 
 
 def save_split(split: Split, path: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn import checkpoint
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.data.device import DeviceData, gather_batch
 from jaxunlearn.engine.ensemble import (
     Ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack_plans, take,

@@ -1,12 +1,14 @@
 """U-LiRA (Hayes et al., arXiv 2403.01218): a per-example likelihood-ratio test that tells an unlearned
 example from one the model never saw (docs/evaluation.md §5), in numpy.
 
-Shadow models are trained on halves of the training set, so each audited example is held by about half of
-them; the method unlearns it in those. For each example, Gaussians of its logit-scaled confidence φ are
-fitted over the fitting shadows: "unlearned" (shadows that held it and unlearned it) and "never seen"
-(shadow originals that did not hold it). On held-out target shadows the attack calls an observation
-unlearned when its likelihood ratio is above 1; its balanced accuracy is 50% when unlearning is
-indistinguishable from never having seen the example.
+Shadow models are trained on halves of the training set, so each audited example is held by half of them;
+the method unlearns it in those, and every shadow is also retrained from scratch on what it retains, so the
+retrained shadows never saw it. For each example, Gaussians of its logit-scaled confidence φ are fitted over
+the fitting shadows: "unlearned" (the shadows that held it, after unlearning) and "never seen" (the
+retrained shadows). On held-out target shadows that held it, the attack is shown the unlearned and the
+retrained model's φ and calls each unlearned when its likelihood ratio is above 1; its balanced accuracy is
+50% when unlearning is indistinguishable from never having seen the example. Both sides are trained on the
+same data with the same recipe, so a method that is retraining scores 50% (the control).
 """
 
 import numpy as np
@@ -30,12 +32,13 @@ def _fit(values: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return mean, np.maximum(np.sqrt(variance), SIGMA_FLOOR)
 
 
-def _balanced_accuracy(predicted: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> tuple[float, float, float]:
-    """(balanced accuracy, TPR, TNR) of predictions [S_t, T] against truth [S_t, T], examples weighted [T]."""
-    positives = (truth * weights).sum()
-    negatives = (~truth * weights).sum()
-    tpr = float(((predicted & truth) * weights).sum() / positives) if positives else float("nan")
-    tnr = float(((~predicted & ~truth) * weights).sum() / negatives) if negatives else float("nan")
+def _balanced_accuracy(predicted: np.ndarray, truth: np.ndarray, scored: np.ndarray, weights: np.ndarray
+                       ) -> tuple[float, float, float]:
+    """(balanced accuracy, TPR, TNR) over the scored observations [R, T], examples weighted [T]."""
+    positives = ((scored & truth) * weights).sum()
+    negatives = ((scored & ~truth) * weights).sum()
+    tpr = float(((scored & predicted & truth) * weights).sum() / positives) if positives else float("nan")
+    tnr = float(((scored & ~predicted & ~truth) * weights).sum() / negatives) if negatives else float("nan")
     return (tpr + tnr) / 2, tpr, tnr
 
 
@@ -44,12 +47,14 @@ def ulira(unlearned: np.ndarray, never_seen: np.ndarray, held_in: np.ndarray, fi
     """The U-LiRA attack's balanced accuracy on the target shadows, with a bootstrap interval over examples.
 
     unlearned [S, T]: φ of each audited example under each shadow's unlearned model (used where held_in);
-    never_seen [S, T]: φ under each shadow's original (used where not held_in);
+    never_seen [S, T]: φ under each shadow's retrained model, which never saw any audited example;
     held_in bool [S, T]: whether shadow s held example t (and so unlearned it);
-    fitting bool [S]: the shadows the Gaussians are fitted on; the others are the targets.
-    Returns balanced_accuracy, tpr (unlearned called unlearned), tnr (never seen called never seen),
+    fitting bool [S]: the shadows the Gaussians are fitted on (the "never seen" one over all of them); the
+      others are the targets, each showing the attack, for every example it held, its unlearned and its
+      retrained φ.
+    Returns balanced_accuracy, tpr (unlearned called unlearned), tnr (retrained called never seen),
     balanced_accuracy_low / _high (2.5% and 97.5% over n_bootstrap resamples of the examples) and targets
-    (observations scored).
+    (observations scored, half of each kind).
     """
     unlearned, never_seen = np.asarray(unlearned, np.float64), np.asarray(never_seen, np.float64)
     held_in, fitting = np.asarray(held_in, bool), np.asarray(fitting, bool)
@@ -58,23 +63,24 @@ def ulira(unlearned: np.ndarray, never_seen: np.ndarray, held_in: np.ndarray, fi
                          f"{held_in.shape}, {fitting.shape}")
     if fitting.all() or not fitting.any():
         raise ValueError("U-LiRA needs fitting shadows and held-out target shadows")
-    fit_in, fit_out = held_in & fitting[:, None], ~held_in & fitting[:, None]
-    mean_u, std_u = _fit(unlearned, fit_in)
-    mean_n, std_n = _fit(never_seen, fit_out)
-    targets = ~fitting
-    observed = np.where(held_in, unlearned, never_seen)[targets]
-    truth = held_in[targets]
+    mean_u, std_u = _fit(unlearned, held_in & fitting[:, None])
+    mean_n, std_n = _fit(never_seen, np.broadcast_to(fitting[:, None], held_in.shape))
+    shown = held_in & ~fitting[:, None]
+    observed = np.concatenate([unlearned, never_seen])
+    truth = np.concatenate([np.ones_like(held_in), np.zeros_like(held_in)])
+    scored = np.concatenate([shown, shown])
     predicted = (_gaussian_log_density(observed, mean_u, std_u)
                  > _gaussian_log_density(observed, mean_n, std_n))
+    predicted, truth = np.where(scored, predicted, False), np.where(scored, truth, False)
     examples = unlearned.shape[1]
-    accuracy, tpr, tnr = _balanced_accuracy(predicted, truth, np.ones(examples))
+    accuracy, tpr, tnr = _balanced_accuracy(predicted, truth, scored, np.ones(examples))
     rng = np.random.default_rng(seed)
-    boot = [_balanced_accuracy(predicted, truth, np.bincount(rng.integers(0, examples, examples),
-                                                             minlength=examples).astype(np.float64))[0]
+    boot = [_balanced_accuracy(predicted, truth, scored, np.bincount(rng.integers(0, examples, examples),
+                                                                     minlength=examples).astype(np.float64))[0]
             for _ in range(n_bootstrap)]
     low, high = np.quantile(boot, [0.025, 0.975]) if n_bootstrap else (np.nan, np.nan)
     return {"balanced_accuracy": accuracy, "balanced_accuracy_low": float(low),
-            "balanced_accuracy_high": float(high), "tpr": tpr, "tnr": tnr, "targets": int(truth.size)}
+            "balanced_accuracy_high": float(high), "tpr": tpr, "tnr": tnr, "targets": int(scored.sum())}
 
 
 def balanced_shadow_halves(pool_size: int, audited: np.ndarray, shadows: int, seed: int

@@ -1,44 +1,19 @@
-"""Unlearning methods, by name."""
+"""Unlearning methods, by name.
 
-from jaxunlearn.errors import UserError
-from jaxunlearn.methods.base import Context, Method
+A method is one module here holding only what is its own (`jaxunlearn.methods.base.Method`): its
+hyperparameters, optimizer, batch plan, loss, termination rule and any constants or extra parameters. The
+harness (`jaxunlearn.runs`) does everything else. docs/adding-a-method.md is the recipe: write the module,
+decorate the class with `@register`, and add the module to the imports below; the method contract test
+(tests/test_method_contract.py) then checks it with every other.
+"""
+
+# Importing a module registers its methods; this order is the order the reports list them.
+from jaxunlearn.methods import (  # noqa: F401
+    contrastive, retrain, finetune, gradient_ascent, neggrad_plus, random_label, l1_sparse, salun, boundary, scrub,
+    unsir, bad_teacher,
+)
+from jaxunlearn.methods.base import METHODS, Context, Method, get_method, register
 from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
 from jaxunlearn.methods.retrain import Retrain
-from jaxunlearn.methods.bad_teacher import BadTeacher
-from jaxunlearn.methods.boundary import BoundaryExpand, BoundaryShrink
-from jaxunlearn.methods.scrub import Scrub
-from jaxunlearn.methods.unsir import Unsir
-from jaxunlearn.methods.finetune import Finetune
-from jaxunlearn.methods.gradient_ascent import GradientAscent
-from jaxunlearn.methods.l1_sparse import L1Sparse
-from jaxunlearn.methods.neggrad_plus import NegGradPlus
-from jaxunlearn.methods.random_label import RandomLabel
-from jaxunlearn.methods.salun import Salun
 
-METHODS: dict[str, Method] = {method.name: method for method in (
-    Contrastive(),
-    Retrain(),
-    Finetune(),
-    GradientAscent(),
-    NegGradPlus(),
-    RandomLabel(),
-    L1Sparse(),
-    Salun(),
-    # group A methods
-    BoundaryShrink(),
-    BoundaryExpand(),
-    Scrub(),
-    Unsir(),
-    BadTeacher(),
-    # group B methods
-)}
-
-
-def get_method(name: str) -> Method:
-    """The registered method `name`; UserError listing the known ones otherwise."""
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-__all__ = ["METHODS", "Context", "Contrastive", "ContrastiveHparams", "Method", "Retrain", "get_method"]
+__all__ = ["METHODS", "Context", "Contrastive", "ContrastiveHparams", "Method", "Retrain", "get_method", "register"]

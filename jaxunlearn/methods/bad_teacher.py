@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.errors import UserError
-from jaxunlearn.methods.base import Context, Method, StartingModel, mixed_blocks
+from jaxunlearn.methods.base import Context, Method, StartingModel, mixed_blocks, register
 
 
 @dataclasses.dataclass(frozen=True)
-class BadTeacherHparams:
+class BadTeacherHparams(Hparams):
     """Notebook defaults: Adam lr 1e-4 (PyTorch betas and eps), 1 epoch, τ = 1, batch 256, a random 30 % of
     the retain set."""
 
@@ -35,8 +35,8 @@ class BadTeacherHparams:
     temperature: float = 1.0
     retain_fraction: float = 0.3
 
-    def __post_init__(self):
-        """Refuse bad values when the hyperparameters are resolved, before the run writes anything."""
+    def validate(self) -> None:
+        super().validate()
         if not 0.0 <= self.retain_fraction <= 1.0:
             raise UserError(f"retain_fraction must be in [0, 1], got {self.retain_fraction}")
 
@@ -60,6 +60,7 @@ def retain_sample(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.random.default_rng([seed]).choice(retain, size=int(fraction * len(retain)), replace=False)
 
 
+@register
 class BadTeacher(Method):
     name = "bad_teacher"
 

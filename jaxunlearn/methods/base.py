@@ -74,6 +74,8 @@ class Method(abc.ABC):
     """True: start from a fresh initialisation (retrain) instead of the original model."""
     stops_early: ClassVar[bool] = False
     """True when `should_stop` can end the run before its epochs are done (then every epoch is evaluated)."""
+    in_paper_comparison: ClassVar[bool] = True
+    """True for the methods an experiment compares (every method but the retrained reference)."""
 
     @abc.abstractmethod
     def default_hparams(self, mode: str, original: TrainConfig) -> Any:
@@ -118,6 +120,25 @@ class Method(abc.ABC):
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
             raise UserError(f"method {self.name} supports only {' and '.join(self.modes)} forgetting, not {mode}")
+
+
+METHODS: dict[str, Method] = {}
+"""Every registered method by name, in registration order: the order the reports list them."""
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: registers an instance of the method under its `name`."""
+    if cls.name in METHODS:
+        raise ValueError(f"a method named {cls.name!r} is registered twice")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """The registered method `name`; UserError listing the known ones otherwise."""
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def torch_sgd(learning_rate: float | Schedule, momentum: float, weight_decay: float) -> optax.GradientTransformation:

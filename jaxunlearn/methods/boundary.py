@@ -29,14 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class BoundaryShrinkHparams:
+class BoundaryShrinkHparams(Hparams):
     """Official defaults (`boundary_shrink`): SGD lr 1e-5, momentum 0.9, no weight decay, 10 epochs over the
     forget set, batch 64; FGSM with bound ε = 0.1 in [0,1] pixel units. PGD (official, commented out):
     step 8/255, 5 iterations within the same bound."""
@@ -53,7 +53,7 @@ class BoundaryShrinkHparams:
 
 
 @dataclasses.dataclass(frozen=True)
-class BoundaryExpandHparams:
+class BoundaryExpandHparams(Hparams):
     """Official defaults (`boundary_expanding`): SGD lr 1e-5, momentum 0.9, no weight decay, 10 epochs over
     the forget set, batch 64."""
 
@@ -105,6 +105,7 @@ def _forget_plan(batch_size: int, context: Context, epoch: int) -> list[Block]:
     return shuffled_blocks(context.split.forget, batch_size, np.random.default_rng([context.seed, epoch]), "forget")
 
 
+@register
 class BoundaryShrink(Method):
     name = "boundary_shrink"
 
@@ -153,6 +154,7 @@ def widened_logits(logits: jax.Array, feat: jax.Array, shadow: dict[str, jax.Arr
     return jnp.concatenate([logits, (feat @ shadow["weight"] + shadow["bias"])[:, None]], axis=1)
 
 
+@register
 class BoundaryExpand(Method):
     name = "boundary_expand"
 

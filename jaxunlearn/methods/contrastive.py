@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.parallel import AXIS
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import contrastive_unlearning_loss, cross_entropy
-from jaxunlearn.methods.base import Context, Method, batch_blocks
+from jaxunlearn.methods.base import Context, Method, batch_blocks, register
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastiveHparams:
+class ContrastiveHparams(Hparams):
     """Official defaults. batch_size is B_u = B_r (64 for class, 128 for sample forgetting).
 
     epochs caps the run; it normally ends earlier by the termination rule.
@@ -36,6 +36,7 @@ class ContrastiveHparams:
     epochs: int = 30
 
 
+@register
 class Contrastive(Method):
     name = "contrastive"
     stops_early = True

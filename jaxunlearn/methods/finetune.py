@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneHparams:
+class FinetuneHparams(Hparams):
     """Reference defaults (Sparse README, SalUn `FT.py`): SGD lr 0.01, momentum 0.9, weight decay 5e-4,
     batch 256, 10 epochs."""
 
@@ -43,6 +43,7 @@ def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):
     return cross_entropy(logits, labels), {}
 
 
+@register
 class Finetune(Method):
     name = "finetune"
 

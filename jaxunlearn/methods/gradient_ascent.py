@@ -14,14 +14,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class GradientAscentHparams:
+class GradientAscentHparams(Hparams):
     """Reference defaults (Sparse README, SalUn `GA.py`): SGD lr 1e-4, momentum 0.9, weight decay 5e-4,
     batch 256, 5 epochs. The maintainers advise 5e-4–1e-3 when the forget accuracy does not drop
     (Unlearn-Saliency issue #8)."""
@@ -42,6 +42,7 @@ def negative_forget_cross_entropy(model: nnx.Module, batch: Batch, step: StepCon
     return -ce, {"cross_entropy": ce}
 
 
+@register
 class GradientAscent(Method):
     name = "gradient_ascent"
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context
+from jaxunlearn.methods.base import Context, register
 from jaxunlearn.methods.finetune import Finetune, FinetuneHparams
 
 
@@ -42,6 +42,7 @@ def l1_norm(params: nnx.State) -> jax.Array:
     return sum(jnp.sum(p * jax.lax.stop_gradient(jnp.sign(p))) for p in jax.tree.leaves(params))
 
 
+@register
 class L1Sparse(Finetune):
     name = "l1_sparse"
 

@@ -26,14 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Block
 from jaxunlearn.engine.parallel import AXIS
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register
 
 
 @dataclasses.dataclass(frozen=True)
-class NegGradPlusHparams:
+class NegGradPlusHparams(Hparams):
     """DU defaults (`munl/unlearning/neggradplus.py`): β (DU's alpha) 0.95, 10 epochs, SGD lr 0.01,
     momentum 0.9, weight decay 0, batch 256 for both sets, BatchNorm in eval mode (running statistics used
     and kept). batchnorm="train" gives the train-mode variant of SCRUB's `MIA_experiments.ipynb`."""
@@ -82,6 +82,7 @@ def global_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return devices * jnp.sum(weights * values) / total_weight
 
 
+@register
 class NegGradPlus(Method):
     name = "neggrad_plus"
 

@@ -17,17 +17,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
 
 RANDOM_LABEL = "random_label"
 """The plan column of the forget pass holding each sample's random label."""
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomLabelHparams:
+class RandomLabelHparams(Hparams):
     """Reference defaults (SalUn `RL.py` / `main_random.py`): 10 epochs, SGD momentum 0.9, weight decay
     5e-4, batch 256. The reference leaves the learning rate to tuning (range [1e-4, 1e-1]); 0.013 is the
     value SalUn's README uses for its masked RL."""
@@ -71,6 +71,7 @@ def random_label_loss(model: nnx.Module, batch: Batch, step: StepContext) -> tup
     return cross_entropy(logits, labels), {}
 
 
+@register
 class RandomLabel(Method):
     name = "random_label"
 

@@ -3,13 +3,15 @@
 import numpy as np
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig
-from jaxunlearn.methods.base import Context, Method
+from jaxunlearn.methods.base import Context, Method, register
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
 
 
+@register
 class Retrain(Method):
     name = "retrain"
     from_scratch = True
+    in_paper_comparison = False
 
     def default_hparams(self, mode: str, original: TrainConfig) -> SupervisedHparams:
         return original.recipe

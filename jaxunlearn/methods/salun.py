@@ -29,7 +29,7 @@ from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import gather_batch
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, StartingModel, batch_blocks
+from jaxunlearn.methods.base import Context, StartingModel, batch_blocks, register
 from jaxunlearn.methods.random_label import RandomLabel, RandomLabelHparams
 
 MASK_STREAM = 2**32 - 1
@@ -43,6 +43,11 @@ class SalunHparams(RandomLabelHparams):
     gives no class-wise value: tune the learning rate there."""
 
     mask_ratio: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise UserError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
 
 
 class ElementMaskState(NamedTuple):
@@ -108,18 +113,12 @@ def forget_gradient(start: StartingModel, blocks: Sequence[np.ndarray]) -> Any:
     return jax.tree.map(lambda *parts: sum(parts), *sums)
 
 
+@register
 class Salun(RandomLabel):
     name = "salun"
 
     def default_hparams(self, mode: str, original: TrainConfig) -> SalunHparams:
         return SalunHparams()
-
-    def plan(self, hparams: SalunHparams, context: Context, epoch: int):
-        """Random Label's plan; refuses a mask ratio outside [0, 1] (the harness builds plan(0) before it
-        writes anything)."""
-        if not 0.0 <= hparams.mask_ratio <= 1.0:
-            raise UserError(f"mask_ratio must be in [0, 1], got {hparams.mask_ratio}")
-        return super().plan(hparams, context, epoch)
 
     def prepare(self, hparams: SalunHparams, context: Context, start: StartingModel) -> Any:
         """The saliency mask: bool tree like the params, True on the ⌊N·r⌋ most salient entries."""

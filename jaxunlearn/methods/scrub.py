@@ -21,14 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, shuffled_blocks, torch_sgd
+from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, register, shuffled_blocks, torch_sgd
 
 
 @dataclasses.dataclass(frozen=True)
-class ScrubHparams:
+class ScrubHparams(Hparams):
     """Defaults of the CIFAR-10 large-scale notebook: γ 0.99, α 0.001, T 4, msteps 2, 3 epochs, SGD lr 5e-4,
     momentum 0.9, weight decay 5e-4, lr ×0.1 after epochs 3, 5, 9 (never fires in 3 epochs), batch 256
     (retain) / 512 (forget).
@@ -49,8 +49,8 @@ class ScrubHparams:
     lr_decay_epochs: str = "3,5,9"
     lr_decay_rate: float = 0.1
 
-    def __post_init__(self):
-        """Refuse bad values when the hyperparameters are resolved, before the run writes anything."""
+    def validate(self) -> None:
+        super().validate()
         parse_epochs(self.lr_decay_epochs)
         if self.forget_batch_size < 1:
             raise UserError(f"forget_batch_size must be at least 1, got {self.forget_batch_size}")
@@ -102,6 +102,7 @@ def scrub_schedule(hparams: ScrubHparams, steps_per_epoch: Sequence[int]) -> Sch
     return schedule
 
 
+@register
 class Scrub(Method):
     name = "scrub"
 

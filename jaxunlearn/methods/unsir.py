@@ -31,14 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import TrainConfig
+from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import cross_entropy
-from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, mixed_blocks, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, mixed_blocks, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class UnsirHparams:
+class UnsirHparams(Hparams):
     """Notebook defaults: noise batch 256, Adam lr 0.1 for 40 (5 × 8) steps, λ 0.1; K = 20 copies; 1,000
     retain images per class; impair 1 epoch at Adam lr 0.02 (`learning_rate`), repair 1 epoch at Adam lr
     0.01; batch 256. epochs counts impair and repair epochs together."""
@@ -55,8 +55,8 @@ class UnsirHparams:
     noise_l2: float = 0.1
     retain_per_class: int = 1000
 
-    def __post_init__(self):
-        """Refuse bad values when the hyperparameters are resolved, before the run writes anything."""
+    def validate(self) -> None:
+        super().validate()
         if not 1 <= self.impair_epochs <= self.epochs:
             raise UserError(f"impair_epochs must be between 1 and epochs ({self.epochs}), got {self.impair_epochs}")
         for name in ("noise_batch", "noise_copies", "retain_per_class"):
@@ -138,6 +138,7 @@ def unsir_optimizer(hparams: UnsirHparams, steps_per_epoch: Sequence[int]
     return optax.chain(adam, optax.scale_by_learning_rate(schedule)), schedule
 
 
+@register
 class Unsir(Method):
     name = "unsir"
     modes = ("class",)
