@@ -17,7 +17,8 @@ Direction = Literal["match_retrain", "lower_better"]
 class Metric:
     """name: the key in metrics.json; unit: "fraction" (shown in percent), "seconds", "count", "nats" or
     "distance" (a weight-space L2 norm); computed_by: the function that writes it; average_gap: part of
-    SalUn's Avg. Gap; table: a column of the report tables."""
+    SalUn's Avg. Gap; table: a column of the report tables; figures: the report figures that draw it
+    ("accuracy", "mia", "curves": its value after every epoch)."""
 
     name: str
     unit: Unit
@@ -26,6 +27,7 @@ class Metric:
     direction: Direction = "match_retrain"
     average_gap: bool = False
     table: bool = False
+    figures: tuple[str, ...] = ()
 
 
 _SUITE = "jaxunlearn.evaluation.suite.forgetting_metrics"
@@ -37,28 +39,30 @@ _RUNS = "jaxunlearn.runs.evaluate_run"
 
 REGISTRY: tuple[Metric, ...] = (
     Metric("forget_train_acc", "fraction", "accuracy on the forget set (training images to be forgotten)", _SUITE,
-           average_gap=True, table=True),
+           average_gap=True, table=True, figures=("accuracy", "curves")),
     Metric("forget_test_acc", "fraction",
-           "accuracy on the test images of the forgotten class(es) (class forgetting only)", _SUITE, table=True),
+           "accuracy on the test images of the forgotten class(es) (class forgetting only)", _SUITE, table=True,
+           figures=("accuracy", "curves")),
     Metric("retain_train_acc", "fraction", "accuracy on the retained training images", _SUITE,
-           average_gap=True, table=True),
+           average_gap=True, table=True, figures=("accuracy",)),
     Metric("test_acc", "fraction",
            "accuracy on the test set (for class forgetting: the test images of the other classes)", _SUITE,
-           average_gap=True, table=True),
+           average_gap=True, table=True, figures=("accuracy", "curves")),
     Metric("forget_train_conf", "fraction", "mean max-softmax confidence on the forget set", _SUITE),
     Metric("forget_test_conf", "fraction", "mean max-softmax confidence on the forgotten classes' test images", _SUITE),
     Metric("retain_train_conf", "fraction", "mean max-softmax confidence on the retained training images", _SUITE),
     Metric("test_conf", "fraction", "mean max-softmax confidence on the test set", _SUITE),
     Metric("mia_efficacy", "fraction",
            "MIA-efficacy (SalUn): share of the forget set an SVC confidence attack predicts as non-members",
-           _SUITE, average_gap=True, table=True),
+           _SUITE, average_gap=True, table=True, figures=("mia",)),
     Metric("mia_loss_auc", "fraction",
            "ROC AUC of a threshold attack on the per-example loss, forget set (members) vs. held-out test images",
-           _ATTACKS, table=True),
-    Metric("mia_confidence_auc", "fraction", "the same attack on the true-class confidence p_y", _ATTACKS, table=True),
+           _ATTACKS, table=True, figures=("mia",)),
+    Metric("mia_confidence_auc", "fraction", "the same attack on the true-class confidence p_y", _ATTACKS, table=True,
+           figures=("mia",)),
     Metric("mia_logit_confidence_auc", "fraction",
            "the same attack on the logit-scaled confidence log p_y − log Σ_{k≠y} p_k (LiRA's statistic)",
-           _ATTACKS, table=True),
+           _ATTACKS, table=True, figures=("mia",)),
     *(Metric(f"mia_{score}_tpr_at_{level}_fpr", "fraction",
              f"true-positive rate of the {score.replace('_', '-')} attack at {rate} false positives", _ATTACKS)
       for score in ("loss", "confidence", "logit_confidence") for level, rate in (("1pct", "1%"), ("01pct", "0.1%"))),
@@ -112,3 +116,8 @@ TABLE_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.table)
 
 AVERAGE_GAP_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.average_gap)
 """SalUn's Avg. Gap: forget, retain and test accuracy and MIA-efficacy."""
+
+
+def figure_metrics(figure: str) -> tuple[str, ...]:
+    """The metrics a report figure ("accuracy", "mia", "curves") draws, in registry order."""
+    return tuple(m.name for m in REGISTRY if figure in m.figures)
