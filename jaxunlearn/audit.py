@@ -34,21 +34,19 @@ import numpy as np
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.config import UnlearnConfig
 from jaxunlearn.data.splits import ForgetSpec, Split, index_hash, make_split, parse_forget
-from jaxunlearn.data.device import DeviceData
 from jaxunlearn.engine.ensemble import make_ensemble, take
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import atomic_write, write_json
-from jaxunlearn.evaluation.accuracy import make_predictor, split_parts
+from jaxunlearn.evaluation.accuracy import split_parts
 from jaxunlearn.evaluation.challenge import (
     challenge_epsilons, epsilon_points, final_score, logit_scaled_confidence,
 )
 from jaxunlearn.evaluation.lira import balanced_shadow_halves, ulira
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.report import new_figure, save_figure
-from jaxunlearn.runs import (
-    _restored_model, obtain_split, resolve_hparams, source_config, train, training_data, unlearn,
-)
+from jaxunlearn.run import Run, training_data
+from jaxunlearn.runs import obtain_split, resolve_hparams, source_config, train, unlearn
 
 REFERENCE = "retrain"
 FLOOR = "retrain-floor"
@@ -87,7 +85,7 @@ def check_audit(config: AuditConfig, source: str | Path, execution: Execution) -
     if config.models < 2:
         raise UserError(f"an audit needs at least 2 models per arm, got {config.models}")
     original = source_config(source)
-    held = checkpoint.read_meta(Path(source)).get("seeds")
+    held = Run(source).seeds
     if held is not None:
         raise UserError(f"{source} holds {len(held)} models; an audit starts from one original")
     unlearn_config = UnlearnConfig(method=config.method, forget=config.forget, hparams=config.hparams,
@@ -180,9 +178,9 @@ def arm_outputs(run: Path, original: Any, dataset: Any, split: Split, models: in
 
 
 def _evaluate_arm(run: Path, original: Any, dataset: Any, split: Split, models: int) -> Arm:
-    graphdef, params, batch_stats = _restored_model(run, dataset, original, models)
-    data = DeviceData.from_dataset(dataset)
-    predict = make_predictor(graphdef, data.mean, data.std)
+    loaded = Run(run)
+    _, params, batch_stats = loaded.model()
+    data, predict = loaded.data, loaded.predict
     parts = split_parts(split, dataset.test_labels)
     labels = {"train": dataset.train_labels, "test": dataset.test_labels}
     images = {"train": data.train_images, "test": data.test_images}
@@ -350,10 +348,10 @@ def model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarra
 
 def _model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarray, labels: np.ndarray,
                        models: int) -> np.ndarray:
-    graphdef, params, batch_stats = _restored_model(run, dataset, original, models)
-    data = DeviceData.from_dataset(dataset)
-    predict = make_predictor(graphdef, data.mean, data.std)
-    return np.stack([logit_scaled_confidence(predict(*take((params, batch_stats), k), data.train_images, indices)[0],
+    loaded = Run(run)
+    _, params, batch_stats = loaded.model()
+    return np.stack([logit_scaled_confidence(loaded.predict(*take((params, batch_stats), k), loaded.data.train_images,
+                                                            indices)[0],
                                              labels) for k in range(models)])
 
 

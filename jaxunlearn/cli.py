@@ -234,7 +234,8 @@ def _ulira(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from jaxunlearn.runs import evaluate_run, obtain_split, source_config, training_data
+    from jaxunlearn.run import training_data
+    from jaxunlearn.runs import evaluate_run, obtain_split, source_config
 
     split = None
     if args.forget:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
 from jaxunlearn.files import write_json
-from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn
+from jaxunlearn.run import training_data
+from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn
 
 FORGET = "class:5"
 TRAIN = TrainConfig(dataset="digits", model="resnet18", width=0.125,

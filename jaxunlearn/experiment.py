@@ -28,7 +28,8 @@ from jaxunlearn.files import write_json
 from jaxunlearn.evaluation.relearn import RelearnSettings
 from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
-from jaxunlearn.runs import evaluate_run, obtain_split, train, training_data, unlearn
+from jaxunlearn.run import Run, training_data
+from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn
 
 REFERENCE = "retrain"
 
@@ -109,6 +110,8 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
         done = results["runs"].setdefault(str(seed), {})
         original = root / "original"
         train_config = dataclasses.replace(protocol.train, seed=seed, data_dir=data_dir or protocol.train.data_dir)
+        loaded: dict[str, Run] = {}  # the seed's original and reference, each loaded once they are done
+        load = lambda name: loaded.setdefault(name, Run(root / name))
         for name in ("original", REFERENCE, *methods):
             if name in done:
                 continue
@@ -122,11 +125,13 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
                 config = UnlearnConfig(method=name, forget=protocol.forget, hparams=overrides,
                                        protocol=protocol.protocol, seed=seed, data_dir=data_dir)
                 unlearn(config, original, root / name, execution=execution)
-                metrics = evaluate_run(root / name, reference=root / REFERENCE, relearn=relearn)
+                metrics = evaluate_run(root / name, reference=load(REFERENCE), original=load("original"),
+                                       relearn=relearn)
             done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
             if name == REFERENCE:
                 split = obtain_split(original, training_data(train_config), protocol.forget, protocol.protocol, seed)
-                done["original"] = {**evaluate_run(original, split, reference=root / REFERENCE, relearn=relearn),
+                done["original"] = {**evaluate_run(load("original"), split, reference=load(REFERENCE),
+                                                   relearn=relearn),
                                     "wall_seconds": done["original"]["wall_seconds"]}
             _save(results, results_path)
     if is_main_process():

@@ -21,17 +21,14 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxunlearn.engine import checkpoint
-from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json, train_config_from_json
-from jaxunlearn.data.device import DeviceData
-from jaxunlearn.data.sources import Dataset, load_dataset, stratified_subset
+from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
+from jaxunlearn.data.sources import Dataset
 from jaxunlearn.data.splits import Split, index_hash, load_split, make_split, parse_forget, save_indices, save_split
 from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
 from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
-from jaxunlearn.engine.parallel import AXIS, Execution, is_main_process
+from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import write_json
@@ -43,7 +40,7 @@ from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, probe_m
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
-from jaxunlearn.models import create_model
+from jaxunlearn.run import Run, as_run, device_data, model_state, training_data
 
 
 SUBSETS_FILE = "subsets.npz"
@@ -76,25 +73,6 @@ def _prepare_workdir(path: Path, config: dict[str, Any]) -> None:
         write_json(config_file, config)
     except OSError as error:
         raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
-
-
-def _model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool):
-    """(graphdef, params, batch_stats) of the run's model.
-
-    initialise=False gives shape-only trees (`jax.ShapeDtypeStruct` leaves) to restore a checkpoint into,
-    which skips the initialisers (seconds of compilation on CPU the first time in a process).
-    """
-    build = lambda: create_model(config.model, dataset.num_classes, in_channels=dataset.image_shape[-1],
-                                 width=config.width, seed=config.seed, bn_axis_name=AXIS)
-    return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
-
-
-def training_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
-    """The dataset a training configuration defines (its subset, if any); `data_dir` overrides its place."""
-    dataset = load_dataset(config.dataset, data_dir or config.data_dir)
-    if config.train_size is None and config.test_size is None:
-        return dataset
-    return stratified_subset(dataset, config.train_size, config.test_size)
 
 
 def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
@@ -133,14 +111,14 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
     if ensemble is not None:
         stack_plans(first)
-    initial = [_model_state(dataclasses.replace(config, seed=seed), dataset, initialise=True) for seed in members]
+    initial = [model_state(config, dataset, initialise=True, seed=seed) for seed in members]
     graphdef = initial[0][0]
     run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
     workdir = prepare_workdir(workdir, run_config)
     if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
         save_indices(workdir / SUBSETS_FILE, np.asarray(subsets))
 
-    data = DeviceData.from_dataset(dataset)
+    data = device_data(dataset)
     tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
     predict = make_predictor(graphdef, data.mean, data.std)
     test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
@@ -241,10 +219,10 @@ def _check_batch_size(batch_size: int, mesh) -> None:
 
 def source_config(source: str | Path) -> TrainConfig:
     """The TrainConfig of a training run directory; UserError when it is no readable training run."""
-    meta = checkpoint.read_meta(Path(source))
-    if meta.get("kind") != "train":
-        raise UserError(f"{source} is not a training run (its checkpoint is a {meta.get('kind')!r} run)")
-    return train_config_from_json(meta["train_config"])
+    run = as_run(source)
+    if run.kind != "train":
+        raise UserError(f"{source} is not a training run (its checkpoint is a {run.kind!r} run)")
+    return run.train_config
 
 
 def obtain_split(source: str | Path, dataset: Dataset, forget: str, protocol: str, seed: int) -> Split:
@@ -296,7 +274,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     hparams = resolve_hparams(config, original)
     dataset = training_data(original, config.data_dir)
     members = [config.seed] if seeds is None else _check_seeds(seeds)
-    source_seeds = checkpoint.read_meta(Path(source)).get("seeds")
+    source_seeds = as_run(source).seeds
     if seeds is None and (splits is not None or source_seeds is not None):
         raise UserError("per-model splits and a source of several models need seeds: one per model")
     if source_seeds is not None and len(source_seeds) != len(members):
@@ -328,8 +306,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     if is_main_process():
         _save_splits(workdir, splits if per_model_splits else splits[:1])
 
-    data = DeviceData.from_dataset(dataset)
-    fresh = lambda: _model_state(dataclasses.replace(original, seed=original.seed + 1), dataset, initialise=True)[1:]
+    data = device_data(dataset)
+    fresh = lambda: model_state(original, dataset, initialise=True, seed=original.seed + 1)[1:]
     steps_per_epoch = [steps_in(plans[0](epoch)) for epoch in range(hparams.epochs)]
     states, auxes, tx, schedule = [], [], None, None
     for context, (_, params, batch_stats) in zip(contexts, starts):
@@ -367,10 +345,10 @@ def _starting_models(method: Any, original: TrainConfig, dataset: Dataset, sourc
     """(graphdef, params, batch_stats) each model starts from: a fresh initialisation from its own seed for
     a method that starts from scratch; otherwise the source run's model (model k of a source of several)."""
     if method.from_scratch:
-        return [_model_state(dataclasses.replace(original, seed=seed), dataset, initialise=True) for seed in seeds]
+        return [model_state(original, dataset, initialise=True, seed=seed) for seed in seeds]
+    graphdef, params, batch_stats = as_run(source).model()
     if source_seeds is None:
-        return [_restored_model(Path(source), dataset, original)] * len(seeds)
-    graphdef, params, batch_stats = _restored_model(Path(source), dataset, original, len(source_seeds))
+        return [(graphdef, params, batch_stats)] * len(seeds)
     return [(graphdef, *take((params, batch_stats), k)) for k in range(len(seeds))]
 
 
@@ -386,48 +364,34 @@ def _save_splits(workdir: Path, splits: Sequence[Split]) -> None:
             save_split(split, workdir / "splits" / f"model{k}.npz")
 
 
-def _restored_model(run: Path, dataset: Dataset, config: TrainConfig, models: int | None = None):
-    """(graphdef, params, batch_stats) of a run's latest checkpoint; with `models`, the stacked [K, ...]
-    trees of a run of that many models."""
-    graphdef, params, batch_stats = _model_state(config, dataset, initialise=False)
-    if models is not None:
-        params, batch_stats = jax.tree.map(lambda x: jax.ShapeDtypeStruct((models, *x.shape), x.dtype),
-                                           (params, batch_stats))
-    return graphdef, *checkpoint.restore_model(run, params, batch_stats)
-
-
-def _reference_run(reference: Path, meta: dict[str, Any], split: Split) -> None:
+def _reference_run(reference: Run, run: Run, split: Split) -> None:
     """UserError unless `reference` holds the same model and split as the evaluated run."""
-    reference_meta = checkpoint.read_meta(reference)
-    if reference_meta["train_config"] != meta["train_config"]:
-        raise UserError(f"reference {reference} holds another model or dataset than the evaluated run")
-    if reference_meta.get("split_hash") != split.content_hash():
-        raise UserError(f"reference {reference} forgot another split than the evaluated run ({split.spec})")
+    if reference.train_config != run.train_config:
+        raise UserError(f"reference {reference.path} holds another model or dataset than the evaluated run")
+    if reference.meta.get("split_hash") != split.content_hash():
+        raise UserError(f"reference {reference.path} forgot another split than the evaluated run ({split.spec})")
 
 
-def evaluate_run(run: str | Path, split: Split | None = None, *, reference: str | Path | None = None,
-                 relearn: RelearnSettings = RelearnSettings()) -> dict[str, float]:
+def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference: str | Path | Run | None = None,
+                 original: Run | None = None, relearn: RelearnSettings = RelearnSettings()) -> dict[str, float]:
     """Evaluate the latest checkpoint of any run; writes `run/metrics.json`.
 
     The split is the run's own `split.npz` unless one is given; without either, train and test accuracy
-    only. With a split: accuracies, membership-inference attacks, weight distance to and relearn time from
-    the original model (the run's source, or the run itself for a training run); with a `reference` run
-    (the retrained model on the same split) also the divergences from its predictions and the weight
-    distance to it.
+    only. With a split: accuracies, membership-inference attacks, the shallow-forgetting checks, weight
+    distance to and relearn time from the original model (the run's source, or the run itself for a
+    training run); with a `reference` run (the retrained model on the same split) also the divergences from
+    its predictions and the weight distance to it. `original` may pass the run's source already loaded (a
+    report of many runs restores it once).
     """
-    run = Path(run)
-    meta = checkpoint.read_meta(run)
-    original = train_config_from_json(meta["train_config"])
-    dataset = training_data(original)
-    if split is None and (run / "split.npz").exists():
-        split = load_split(run / "split.npz")
+    run = as_run(run)
+    split = run.split if split is None else split
     if reference is not None:
+        reference = as_run(reference)
         if split is None:
             raise UserError("--reference needs a split: evaluate an unlearning run, or pass --forget")
-        _reference_run(Path(reference), meta, split)
-    graphdef, params, batch_stats = _restored_model(run, dataset, original)
-    data = DeviceData.from_dataset(dataset)
-    predict = make_predictor(graphdef, data.mean, data.std)
+        _reference_run(reference, run, split)
+    dataset, data, predict = run.dataset, run.data, run.predict
+    graphdef, params, batch_stats = run.model()
     labels = _host_labels(dataset)
     if split is None:
         parts = {"train": ("train", np.arange(len(dataset.train_labels))),
@@ -442,31 +406,27 @@ def evaluate_run(run: str | Path, split: Split | None = None, *, reference: str 
         evaluated = {name: part for name, part in parts.items() if name != "retain_train"}
         metrics.update({f"bn_recomputed_{name}": value for name, value in evaluate_parts(
             predict, params, recomputed, data, labels, evaluated).items() if name.endswith("_acc")})
-        if "source" in meta:
-            _, original_params, original_stats = _restored_model(Path(meta["source"]), dataset, original)
-        else:  # a training run is its own original
-            original_params, original_stats = params, batch_stats
+        _, original_params, original_stats = (original or run.source or run).model()  # a training run is its own
         metrics["l2_to_original"] = tree_l2_distance(params, original_params)
         original_logits, _ = predict(original_params, original_stats, data.train_images, split.forget)
         target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[split.forget]))
         steps, capped = relearn_steps(graphdef, params, batch_stats, data, split.forget, target, relearn)
         metrics.update(relearn_steps=steps, relearn_capped=capped, relearn_target_acc=target)
         if reference is not None:
-            _, reference_params, reference_stats = _restored_model(Path(reference), dataset, original)
+            _, reference_params, reference_stats = reference.model()
             reference_parts = {name: parts[name] for name in ("forget_train", "test")}
             reference_outputs = part_outputs(predict, reference_params, reference_stats, data, reference_parts)
             metrics.update(reference_metrics(outputs, reference_outputs))
             metrics["l2_to_reference"] = tree_l2_distance(params, reference_params)
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())
+    meta = run.meta
     metrics.update(seconds=meta.get("seconds", 0.0), steps=meta.get("steps", 0), epochs=meta["epoch"])
-    write_json(run / "metrics.json", metrics)
+    write_json(run.path / "metrics.json", metrics)
     return metrics
 
 
-def run_embeddings(run: str | Path, dataset: Dataset, index_sets: list[np.ndarray]) -> list[np.ndarray]:
+def run_embeddings(run: str | Path | Run, index_sets: list[np.ndarray]) -> list[np.ndarray]:
     """Eval-mode embeddings [n, D] of the run's latest model for each set of train indices."""
-    meta = checkpoint.read_meta(Path(run))
-    graphdef, params, batch_stats = _restored_model(Path(run), dataset, train_config_from_json(meta["train_config"]))
-    data = DeviceData.from_dataset(dataset)
-    predict = make_predictor(graphdef, data.mean, data.std)
-    return [predict(params, batch_stats, data.train_images, indices)[1] for indices in index_sets]
+    run = as_run(run)
+    _, params, batch_stats = run.model()
+    return [run.predict(params, batch_stats, run.data.train_images, indices)[1] for indices in index_sets]

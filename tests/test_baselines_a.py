@@ -30,7 +30,8 @@ from jaxunlearn.methods.l1_sparse import l1_coefficient, l1_norm
 from jaxunlearn.methods.neggrad_plus import NegGradPlusHparams
 from jaxunlearn.methods.random_label import RANDOM_LABEL, RandomLabelHparams
 from jaxunlearn.methods.salun import SalunHparams, masked_torch_sgd, top_fraction_mask
-from jaxunlearn.runs import _restored_model, obtain_split, source_config
+from jaxunlearn.run import Run
+from jaxunlearn.runs import obtain_split, source_config
 
 NUM_CLASSES = 10
 
@@ -296,10 +297,7 @@ def step_log(workdir) -> list[dict]:
 
 def restored_model(source, run):
     """(params, batch_stats) of the latest checkpoint of `run`, a run of `source`'s model."""
-    config = source_config(source)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    _, params, batch_stats = _restored_model(source, dataset, config)
-    return checkpoint.restore_model(run, params, batch_stats)
+    return Run(run).model()[1:]
 
 
 @pytest.fixture(scope="session")
@@ -309,7 +307,7 @@ def original(digits_run):
     config = source_config(source)
     dataset = load_dataset(config.dataset, config.data_dir)
     split = obtain_split(source, dataset, FORGET, "default", 0)
-    graphdef, params, batch_stats = _restored_model(source, dataset, config)
+    graphdef, params, batch_stats = Run(source).model()
     data = DeviceData.from_dataset(dataset)
     predict = make_predictor(graphdef, data.mean, data.std)
     labels = {"train": dataset.train_labels, "test": dataset.test_labels}
@@ -427,9 +425,7 @@ def test_salun_forgets_the_class_and_keeps_the_others(original, salun_run):
 def test_salun_leaves_the_non_salient_weights_bit_identical_with_zero_momentum(original, salun_run):
     source, _ = original
     workdir, _ = salun_run
-    config = source_config(source)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    _, start_params, start_stats = _restored_model(source, dataset, config)
+    _, start_params, start_stats = Run(source).model()
     hparams = SalunHparams(epochs=3, batch_size=64, learning_rate=0.05)
     placeholder_mask = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), start_params)
     tx, _ = get_method("salun").optimizer(hparams, [24] * 3, placeholder_mask)

@@ -33,6 +33,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.methods import METHODS, Context, get_method
 from jaxunlearn.methods.supervised import supervised_loss
 from jaxunlearn.models import create_model
+from jaxunlearn.run import Run
 from jaxunlearn.runs import unlearn
 from test_method_contract import SMALL
 
@@ -153,16 +154,9 @@ def read_losses(run):
     return np.array([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
 
 
-def restored_params(run, models=None):
-    from jaxunlearn.engine import checkpoint
-    from jaxunlearn.runs import _model_state, source_config, training_data
-
-    config = source_config(json.loads((run / "config.json").read_text())["source"])
-    _, params, batch_stats = _model_state(config, training_data(config), initialise=False)
-    if models:
-        params, batch_stats = jax.tree.map(lambda x: jax.ShapeDtypeStruct((models, *x.shape), x.dtype),
-                                           (params, batch_stats))
-    return checkpoint.restore_model(run, params, batch_stats)[0]
+def restored_params(run):
+    """The parameters of a run's latest checkpoint (stacked [K, ...] for a run of K models)."""
+    return Run(run).model()[1]
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -191,7 +185,7 @@ def test_four_vmapped_runs_equal_four_separate_runs(digits_run, tmp_path):
     config = UnlearnConfig(method="contrastive", forget="class:5", hparams={"epochs": "1"})
     together = unlearn(config, source, tmp_path / "together", seeds=range(K),
                        execution=Execution(devices=2, models_per_device=2))
-    losses, params = read_losses(tmp_path / "together"), restored_params(tmp_path / "together", K)
+    losses, params = read_losses(tmp_path / "together"), restored_params(tmp_path / "together")
     for k in range(K):
         alone = unlearn(dataclasses.replace(config, seed=k), source, tmp_path / f"alone{k}",
                         execution=Execution(devices=1))

@@ -60,11 +60,6 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path, *, reference:
     orig = _require(runs, original, "original")
     out = Path(out_dir)
 
-    try:
-        from matplotlib.figure import Figure  # noqa: F401  (fail early with a clear message)
-    except ImportError as error:  # pragma: no cover - matplotlib is a dependency of the package
-        raise ImportError("write_report needs matplotlib (pip install matplotlib)") from error
-
     makers: dict[str, Callable[[], Any]] = {
         "accuracy.png": lambda: _accuracy_figure(summaries, ref),
         "mia.png": lambda: _mia_figure(summaries, ref),
