@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxunlearn.config import UnlearnConfig, as_forget_spec
+from jaxunlearn.data.splits import ForgetSpec, Pairing, Split, index_hash, make_split
 from jaxunlearn.engine import checkpoint
-from jaxunlearn.config import UnlearnConfig
-from jaxunlearn.data.splits import ForgetSpec, Split, index_hash, make_split, parse_forget
 from jaxunlearn.engine.ensemble import make_ensemble, take
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.errors import UserError
@@ -56,14 +56,17 @@ ORIGINAL = "original"
 @dataclass(frozen=True)
 class AuditConfig:
     """What to audit: `method` (with its --hp overrides) forgetting `forget` from one original, N = `models`
-    models per arm; the split is drawn with `seed` (`protocol` as in `unlearn`)."""
+    models per arm; the split is drawn with `seed` (`pairing` as in `unlearn`)."""
 
     method: str
-    forget: str
+    forget: ForgetSpec
     models: int
     hparams: dict[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 0
-    protocol: str = "default"
+    pairing: Pairing = "default"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forget", as_forget_spec(self.forget))
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,14 @@ def check_audit(config: AuditConfig, source: str | Path, execution: Execution) -
     if held is not None:
         raise UserError(f"{source} holds {len(held)} models; an audit starts from one original")
     unlearn_config = UnlearnConfig(method=config.method, forget=config.forget, hparams=config.hparams,
-                                   protocol=config.protocol, seed=config.seed)
+                                   pairing=config.pairing, seed=config.seed)
     hparams = resolve_hparams(unlearn_config, original)
     if get_method(config.method).from_scratch:
         raise UserError(f"{config.method} is the reference itself; audit a method that starts from the original")
     dataset = training_data(original)
-    split = make_split(parse_forget(config.forget), dataset.train_labels, dataset.num_classes,
-                       protocol=config.protocol, seed=config.seed)
-    context = Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=config.seed,
+    split = make_split(config.forget, dataset.train_labels, dataset.num_classes,
+                       pairing=config.pairing, seed=config.seed)
+    context = Context(split=split, num_classes=dataset.num_classes, pairing=config.pairing, seed=config.seed,
                       train_labels=dataset.train_labels, image_shape=dataset.image_shape)
     get_method(config.method).plan(hparams, context, 0)  # the method's own checks of its plan
     make_ensemble(config.models, execution)
@@ -114,7 +117,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     check_audit(config, source, execution)
     original = source_config(source)
     dataset = training_data(original)
-    split = obtain_split(source, dataset, config.forget, config.protocol, config.seed)
+    split = obtain_split(source, dataset, config.forget, config.pairing, config.seed)
     workdir = Path(workdir)
     n = config.models
     arms: dict[str, Any] = {}
@@ -123,7 +126,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     def unlearn_arm(name: str, method: str, hparams: dict[str, str], seeds: range) -> Arm:
         _announce(f"audit: {name} ({n} models)")
         run = workdir / name
-        unlearn(UnlearnConfig(method=method, forget=config.forget, hparams=hparams, protocol=config.protocol,
+        unlearn(UnlearnConfig(method=method, forget=config.forget, hparams=hparams, pairing=config.pairing,
                               seed=config.seed), source, run, execution=execution, seeds=seeds)
         return arm_outputs(run, original, dataset, split, n)
 
@@ -138,7 +141,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     audit_path = workdir / "audit.json"
     previous = _read_json(audit_path)
     summary = {
-        "forget": config.forget, "split_hash": split.content_hash(), "models": n,
+        "forget": str(config.forget), "split_hash": split.content_hash(), "models": n,
         "source": str(Path(source).absolute()),
         "floor": score_arm(arms[FLOOR], reference), "original": score_arm(arms[ORIGINAL], reference),
         "methods": {**(previous.get("methods", {}) if _same_audit(previous, split, n) else {}),
@@ -269,7 +272,7 @@ def check_ulira(config: UliraConfig, source: str | Path, execution: Execution) -
     method.check_mode("sample")
     if method.from_scratch:
         raise UserError(f"{config.method} is the control itself; audit a method that starts from the original")
-    resolve_hparams(UnlearnConfig(method=config.method, forget=f"random:{config.audited // 2}",
+    resolve_hparams(UnlearnConfig(method=config.method, forget=ForgetSpec("random", count=config.audited // 2),
                                   hparams=config.hparams, seed=config.seed), original)
     make_ensemble(config.shadows, execution)
 
@@ -277,7 +280,7 @@ def check_ulira(config: UliraConfig, source: str | Path, execution: Execution) -
 def shadow_splits(subsets: np.ndarray, held_in: np.ndarray, audited: np.ndarray, seed: int) -> list[Split]:
     """Each shadow's split: the audited examples it holds are forgotten, the rest of its subset retained."""
     return [Split(forget=np.sort(audited[held]), retain=np.setdiff1d(subset, audited[held]),
-                  spec=ForgetSpec("random", count=int(held.sum())), protocol="default", seed=seed)
+                  spec=ForgetSpec("random", count=int(held.sum())), pairing="default", seed=seed)
             for subset, held in zip(subsets, held_in)]
 
 
@@ -308,7 +311,7 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
 
     def shadow_arm(name: str, method: str, hparams: dict[str, str], seeds: range) -> np.ndarray:
         _announce(f"ulira: {name} in the {s} shadows")
-        unlearn(UnlearnConfig(method=method, forget=f"random:{config.audited // 2}", hparams=hparams,
+        unlearn(UnlearnConfig(method=method, forget=ForgetSpec("random", count=config.audited // 2), hparams=hparams,
                               seed=config.seed), workdir / "shadows", workdir / name, execution=execution,
                 seeds=seeds, splits=splits)
         return model_confidences(workdir / name, original, dataset, audited, labels, s)

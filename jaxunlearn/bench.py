@@ -96,18 +96,18 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
         raise UserError(f"unknown epoch loop {config.epoch_loop!r}; choose from {', '.join(EPOCH_LOOPS)}")
     for name in ("batch", "image_size", "channels", "steps", "repeats"):
         if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+            raise UserError(f"`{name}` must be >= 1, got {getattr(config, name)}")
     if config.classes < 2:
-        raise UserError(f"--classes must be >= 2 (class 0 is forgotten, the others retained), got {config.classes}")
+        raise UserError(f"`classes` must be >= 2 (class 0 is forgotten, the others retained), got {config.classes}")
     devices = available_devices if config.devices is None else config.devices
     if not 1 <= devices <= available_devices:
-        raise UserError(f"--devices must be between 1 and the {available_devices} available, got {config.devices}")
+        raise UserError(f"`devices` must be between 1 and the {available_devices} available, got {config.devices}")
     if config.models < 1:
-        raise UserError(f"--models must be >= 1, got {config.models}")
+        raise UserError(f"`models` must be >= 1, got {config.models}")
     if config.models > 1:
         make_ensemble(config.models, Execution(devices=config.devices, backend=config.backend))
     if config.batch % devices:
-        raise UserError(f"--batch {config.batch} must be a multiple of the {devices} devices "
+        raise UserError(f"`batch` {config.batch} must be a multiple of the {devices} devices "
                         "(each device takes an equal share of the forget and of the retain images)")
 
 
@@ -143,7 +143,7 @@ def step_procedures(config: BenchConfig, split: Split, labels: np.ndarray
     with B_u = B_r = B; pretraining's recipe with batch 2B."""
     method = Contrastive()
     hparams = ContrastiveHparams(batch_size=config.batch)
-    context = Context(split=split, num_classes=config.classes, protocol="default", seed=config.seed,
+    context = Context(split=split, num_classes=config.classes, pairing="default", seed=config.seed,
                       train_labels=labels, image_shape=(config.image_size, config.image_size, config.channels),
                       mean=(MEAN,) * config.channels, std=(STD,) * config.channels)
     cu_tx, _ = method.optimizer(hparams, config.steps, None)

@@ -7,12 +7,13 @@ Bad input prints one line `jaxunlearn: error: ...` and exits with status 2.
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
-from jaxunlearn.data.splits import PROTOCOLS
+from jaxunlearn.data.splits import PAIRINGS, parse_forget
 from jaxunlearn.engine.parallel import BACKENDS, EPOCH_LOOPS, Execution, initialize_distributed, is_main_process
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
@@ -68,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--workdir", required=True)
     unlearn.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
                          help="checkpoint after an epoch once this long has passed since the last one (default 60)")
-    unlearn.add_argument("--protocol", choices=PROTOCOLS, default="default",
+    unlearn.add_argument("--pairing", choices=PAIRINGS, default="default",
                          help="official: the official code's splits and retain pairing")
     unlearn.add_argument("--seed", type=int, default=0, help="seed of the split and of retain sampling")
     unlearn.add_argument("--epochs", type=int, help="epoch cap (contrastive) or epoch count (retrain)")
@@ -84,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a run and write its metrics.json")
     evaluate.add_argument("--from", dest="source", required=True, help="a run's workdir")
     evaluate.add_argument("--forget", help="for a training run: the split to evaluate the forget metrics on")
-    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="default")
+    evaluate.add_argument("--pairing", choices=PAIRINGS, default="default")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--reference", help="the retrained run of the same split: adds divergences from it")
     evaluate.add_argument("--relearn-steps", type=int, default=RelearnSettings.max_steps, metavar="N",
@@ -112,7 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="models per arm: N unlearnings, N retrainings, N more for the floor, N originals")
     audit.add_argument("--workdir", required=True, help="the arms' runs and audit.json (shared by methods)")
     audit.add_argument("--seed", type=int, default=0, help="seed of the split (random:N)")
-    audit.add_argument("--protocol", choices=PROTOCOLS, default="default")
+    audit.add_argument("--pairing", choices=PAIRINGS, default="default")
     audit.add_argument("--epochs", type=int)
     audit.add_argument("--batch-size", type=int)
     audit.add_argument("--lr", type=float)
@@ -191,7 +192,7 @@ def _unlearn(args: argparse.Namespace) -> None:
         if wanted is not None and wanted != actual:
             raise UserError(f"{args.source} holds {original.model} trained on {original.dataset}; {flag} {wanted} does not match")
     config = UnlearnConfig(method=args.method, forget=args.forget, hparams=_method_overrides(args),
-                           protocol=args.protocol, seed=args.seed, data_dir=args.data_dir)
+                           pairing=args.pairing, seed=args.seed, data_dir=args.data_dir)
     metrics = unlearn(config, args.source, args.workdir, execution=_execution(args),
                       save_every_seconds=args.save_every)
     if is_main_process():
@@ -211,7 +212,7 @@ def _audit(args: argparse.Namespace) -> None:
     from jaxunlearn.audit import AuditConfig, run_audit
 
     config = AuditConfig(method=args.method, forget=args.forget, models=args.models,
-                         hparams=_method_overrides(args), seed=args.seed, protocol=args.protocol)
+                         hparams=_method_overrides(args), seed=args.seed, pairing=args.pairing)
     summary = run_audit(config, args.source, args.workdir, execution=_execution(args))
     scored = summary["methods"][args.method]
     print(f"forget quality F at N = {summary['models']}: {args.method} {scored['forget_quality']:.4f} "
@@ -241,7 +242,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.forget:
         original = source_config(args.source)
         dataset = training_data(original)
-        split = obtain_split(args.source, dataset, args.forget, args.protocol, args.seed)
+        split = obtain_split(args.source, dataset, parse_forget(args.forget), args.pairing, args.seed)
     if args.relearn_steps < 0:
         raise UserError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
     relearn = RelearnSettings(max_steps=args.relearn_steps)
@@ -321,6 +322,15 @@ def _configure_libraries() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+FLAGS = {"source": "--from", "split": "--forget", "out_dir": "--out"}
+"""The flags whose names differ from the library parameters they set."""
+
+
+def in_flags(message: str) -> str:
+    """A library error in the CLI's words: each `parameter` named in backticks becomes its flag."""
+    return re.sub(r"`([a-z_]+)`", lambda m: FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
@@ -332,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_libraries()
         handlers[args.command](args)
     except UserError as error:
-        print(f"jaxunlearn: error: {error}", file=sys.stderr)
+        print(f"jaxunlearn: error: {in_flags(str(error))}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"jaxunlearn: {error}", file=sys.stderr)

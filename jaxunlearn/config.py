@@ -6,9 +6,8 @@ import types
 import typing
 from typing import Any, Literal
 
+from jaxunlearn.data.splits import ForgetSpec, Pairing, parse_forget
 from jaxunlearn.errors import UserError
-
-Protocol = Literal["default", "official"]
 
 
 class Hparams:
@@ -78,16 +77,25 @@ class TrainConfig:
 class UnlearnConfig:
     """`jaxunlearn unlearn`: one method applied to the model of a training run.
 
-    forget: "class:5", "class:3,5" or "random:500". protocol "official" reproduces the official code's
-    splits and batch pairing. hparams: the method's own hyperparameter dataclass, fully resolved.
+    forget: what to forget, given as a `ForgetSpec` or its text ("class:5", "class:3,5", "random:500"),
+      which is parsed here, once. pairing "official" reproduces the official code's splits and batch
+      pairing. hparams: the method's `--hp NAME=VALUE` overrides of its reference defaults.
     """
 
     method: str
-    forget: str
+    forget: ForgetSpec
     hparams: Any
-    protocol: Protocol = "default"
+    pairing: Pairing = "default"
     seed: int = 0
     data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forget", as_forget_spec(self.forget))
+
+
+def as_forget_spec(forget: ForgetSpec | str) -> ForgetSpec:
+    """`forget` as a ForgetSpec: the config edge where a forget spec's text is parsed (UserError if invalid)."""
+    return forget if isinstance(forget, ForgetSpec) else parse_forget(forget)
 
 
 def train_config_from_json(fields: dict[str, Any]) -> TrainConfig:
@@ -95,9 +103,17 @@ def train_config_from_json(fields: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{**fields, "recipe": SupervisedHparams(**fields["recipe"])})
 
 
-def to_json(config: Any) -> dict[str, Any]:
-    """A dataclass (nested) as a JSON-ready dict."""
-    return dataclasses.asdict(config)
+def to_json(config: Any) -> Any:
+    """A dataclass (nested) as a JSON-ready dict; a ForgetSpec as its text."""
+    if isinstance(config, ForgetSpec):
+        return str(config)
+    if dataclasses.is_dataclass(config):
+        return {field.name: to_json(getattr(config, field.name)) for field in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {key: to_json(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_json(value) for value in config]
+    return config
 
 
 def _parse_value(name: str, annotation: Any, text: str) -> Any:

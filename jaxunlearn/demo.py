@@ -8,11 +8,12 @@ import tempfile
 from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
+from jaxunlearn.data.splits import ForgetSpec
 from jaxunlearn.files import write_json
 from jaxunlearn.run import training_data
 from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn
 
-FORGET = "class:5"
+FORGET = ForgetSpec("class", classes=(5,))
 TRAIN = TrainConfig(dataset="digits", model="resnet18", width=0.125,
                     recipe=SupervisedHparams(epochs=15, batch_size=64))
 COLUMNS = ("forget_train_acc", "forget_test_acc", "retain_train_acc", "test_acc", "seconds")

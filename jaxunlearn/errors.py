@@ -4,7 +4,8 @@
 class UserError(Exception):
     """Bad input (unknown name, out-of-range value, missing or mismatched file).
 
-    The CLI prints its message as one line and exits with status 2.
+    A message names a function parameter in backticks (`devices`); the CLI prints the message as one line
+    with each such name as its flag (--devices) and exits with status 2.
     """
 
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn.config import Protocol, SupervisedHparams, TrainConfig, UnlearnConfig, to_json
-from jaxunlearn.data.splits import PROTOCOLS, parse_forget
+from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, as_forget_spec, to_json
+from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import write_json
@@ -39,7 +39,8 @@ class ExperimentProtocol:
     """One experiment. Its file's docstring says how to run it and what it costs.
 
     train: the original model's configuration (its seed is replaced by each experiment seed).
-    forget: "class:5" or "random:500"; every method forgets the same split of each seed's original.
+    forget: "class:5" or "random:500" (parsed once, here); every method forgets the same split of each seed's
+      original.
     methods: run after the retrained reference, in this order.
     hparams: per-method overrides as `--hp NAME=VALUE` strings, e.g. {"finetune": {"epochs": "5"}}.
     reference_hparams: overrides for the retrained reference (by default the original's recipe).
@@ -48,21 +49,24 @@ class ExperimentProtocol:
     name: str
     description: str
     train: TrainConfig
-    forget: str
+    forget: ForgetSpec
     methods: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
     hparams: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     reference_hparams: dict[str, str] = dataclasses.field(default_factory=dict)
-    protocol: Protocol = "default"
+    pairing: Pairing = "default"
     relearn_steps: int = RelearnSettings.max_steps
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forget", as_forget_spec(self.forget))
+
     def check(self) -> None:
-        """UserError for an unknown method, a bad forget set or protocol, or overrides of unlisted methods."""
-        parse_forget(self.forget)
-        if self.protocol not in PROTOCOLS:
-            raise UserError(f"protocol {self.name}: unknown split protocol {self.protocol!r}")
+        """UserError for an unknown method or pairing, a method that cannot forget this way, or overrides of
+        unlisted methods."""
+        if self.pairing not in PAIRINGS:
+            raise UserError(f"protocol {self.name}: unknown pairing {self.pairing!r}")
         for method in self.methods:
-            get_method(method).check_mode(parse_forget(self.forget).mode)
+            get_method(method).check_mode(self.forget.mode)
         if REFERENCE in self.methods:
             raise UserError(f"protocol {self.name}: {REFERENCE} always runs as the reference; do not list it")
         unknown = set(self.hparams) - set(self.methods)
@@ -123,13 +127,13 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
             else:
                 overrides = protocol.reference_hparams if name == REFERENCE else protocol.hparams.get(name, {})
                 config = UnlearnConfig(method=name, forget=protocol.forget, hparams=overrides,
-                                       protocol=protocol.protocol, seed=seed, data_dir=data_dir)
+                                       pairing=protocol.pairing, seed=seed, data_dir=data_dir)
                 unlearn(config, original, root / name, execution=execution)
                 metrics = evaluate_run(root / name, reference=load(REFERENCE), original=load("original"),
                                        relearn=relearn)
             done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
             if name == REFERENCE:
-                split = obtain_split(original, training_data(train_config), protocol.forget, protocol.protocol, seed)
+                split = obtain_split(original, training_data(train_config), protocol.forget, protocol.pairing, seed)
                 done["original"] = {**evaluate_run(load("original"), split, reference=load(REFERENCE),
                                                    relearn=relearn),
                                     "wall_seconds": done["original"]["wall_seconds"]}
@@ -169,7 +173,7 @@ def _load_results(path: Path, protocol: ExperimentProtocol) -> dict[str, Any]:
         return {"protocol": described, "runs": {}}
     results = json.loads(path.read_text())
     if results.get("protocol") != described:
-        raise UserError(f"{path} holds results of another protocol definition; choose another --out")
+        raise UserError(f"{path} holds results of another protocol definition; choose another `out_dir`")
     return results
 
 
@@ -189,7 +193,7 @@ def write_experiment_report(results: dict[str, Any], out_dir: Path) -> list[Path
         protocol["description"].strip(), "",
         f"Dataset `{train_config['dataset']}` (train size {train_config['train_size'] or 'all'}, "
         f"test size {train_config['test_size'] or 'all'}), {train_config['model']} width {train_config['width']}; "
-        f"forget `{protocol['forget']}`, split protocol `{protocol['protocol']}`; seeds {', '.join(complete)} "
+        f"forget `{protocol['forget']}`, pairing `{protocol['pairing']}`; seeds {', '.join(complete)} "
         f"of {', '.join(str(s) for s in protocol['seeds'])}.",
         "Per-method overrides of the reference defaults: "
         + (", ".join(f"`{m}`: {', '.join(f'{k}={v}' for k, v in hp.items())}" for m, hp in protocol["hparams"].items())
@@ -209,24 +213,24 @@ PAPER_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() 
 """Every method the paper's comparison needs (`Method.in_paper_comparison`), in the order the reports list them."""
 
 
-def methods_for(forget: str) -> tuple[str, ...]:
+def methods_for(forget: ForgetSpec) -> tuple[str, ...]:
     """`PAPER_METHODS` that support the mode of `forget` (class-only methods are left out of sample forgetting)."""
-    mode = parse_forget(forget).mode
-    return tuple(m for m in PAPER_METHODS if mode in get_method(m).modes)
+    return tuple(m for m in PAPER_METHODS if forget.mode in get_method(m).modes)
 
 
 def fashion_mnist_protocol(forget: str) -> ExperimentProtocol:
     """The CPU-scale setup: a width-1/8 ResNet-18 on a fixed stratified 4,000-image subset of Fashion-MNIST
     (evaluated on a fixed 2,000-image test subset), the official recipe for 12 epochs at batch 128, every
     method that supports `forget` at its reference defaults, seeds 0, 1, 2."""
+    spec = parse_forget(forget)
     return ExperimentProtocol(
         name=f"fashion_mnist_{forget.replace(':', '')}",
         description=f"Fashion-MNIST, forget {forget}: a narrow ResNet-18 on a 4,000-image stratified subset, "
                     "every method at its reference defaults against the retrained model.",
         train=TrainConfig(dataset="fashion_mnist", model="resnet18", width=0.125, train_size=4000,
                           test_size=2000, recipe=SupervisedHparams(epochs=12, batch_size=128)),
-        forget=forget,
-        methods=methods_for(forget),
+        forget=spec,
+        methods=methods_for(spec),
     )
 
 
@@ -236,9 +240,10 @@ def paper_protocol(dataset: str, model: str, forget: str) -> ExperimentProtocol:
     class minus its last image; `random:500`: the first 500 images), every method at its reference defaults,
     seeds 0, 1, 2. Class-only methods are left out of sample forgetting."""
     name = f"{dataset}_{forget.replace(':', '')}_{model}"
+    spec = parse_forget(forget)
     return ExperimentProtocol(
         name=name,
         description=f"The paper's protocol: {model} on {dataset}, forget {forget}, official hyperparameters.",
-        train=TrainConfig(dataset=dataset, model=model), forget=forget, methods=methods_for(forget),
-        protocol="official",
+        train=TrainConfig(dataset=dataset, model=model), forget=spec, methods=methods_for(spec),
+        pairing="official",
     )

@@ -1,13 +1,15 @@
 """A run directory, loaded once: its configuration, checkpoint metadata, split, dataset and model.
 
 The harness writes a run directory (`jaxunlearn.runs`); `Run(path)` reads it back lazily and keeps what it
-read: config.json, the latest checkpoint's metadata, the split, the training configuration of its model,
-the dataset and its device copy, and the latest model, restored once. The dataset and its device copy are
+read: config.json (the one record of the run's configuration: its kind, seeds, source and the training
+configuration of its model), the latest checkpoint's metadata (progress only, with the hash of the
+config.json it belongs to), the split, the dataset and its device copy, and the latest model, restored once. The dataset and its device copy are
 shared by every Run of one dataset in the process (`training_data`, `device_data`), so evaluating a run
 against its original and its reference, or reporting many runs, loads the data once.
 """
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,11 @@ def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed
     return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
 
 
+def config_hash(config: dict[str, Any]) -> str:
+    """SHA-256 of a run configuration's canonical JSON: what each checkpoint's metadata records."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 class Run:
     """A run directory. Every property reads its part of the directory on first use and keeps it."""
 
@@ -71,37 +78,52 @@ class Run:
     def config(self) -> dict[str, Any]:
         """config.json: the run's resolved configuration."""
         path = self.path / "config.json"
+        if not self.path.is_dir():
+            raise UserError(f"no run directory {self.path}")
         if not path.is_file():
             raise UserError(f"{self.path} is not a run directory (no config.json)")
         try:
-            return json.loads(path.read_text())
+            config = json.loads(path.read_text())
         except ValueError as error:
             raise UserError(f"corrupt {path}: {error}") from None
+        if not isinstance(config, dict) or config.get("kind") not in ("train", "unlearn") \
+                or not isinstance(config.get("config"), dict):
+            raise UserError(f"corrupt {path}: not a run configuration")
+        return config
 
     @functools.cached_property
     def meta(self) -> dict[str, Any]:
-        """The metadata of the latest checkpoint (epoch, evaluation, time, steps, and the run's description)."""
-        return checkpoint.read_meta(self.path)
+        """The metadata of the latest checkpoint: epoch, evaluation, seconds, steps; UserError when the
+        checkpoint was written for another configuration than config.json."""
+        meta = checkpoint.read_meta(self.path)
+        if meta.get("config_hash") != config_hash(self.config):
+            raise UserError(f"{self.path}: its latest checkpoint was written for another configuration than "
+                            f"its config.json")
+        return meta
 
     @property
     def kind(self) -> str:
         """"train" or "unlearn"."""
-        return self.meta.get("kind", "")
+        return self.config["kind"]
 
     @functools.cached_property
     def train_config(self) -> TrainConfig:
         """The training configuration of the run's model (an unlearning run's: its original's)."""
-        return train_config_from_json(self.meta["train_config"])
+        fields = self.config["config"] if self.kind == "train" else self.config.get("train_config")
+        try:
+            return train_config_from_json(fields)
+        except (TypeError, KeyError) as error:
+            raise UserError(f"corrupt {self.path / 'config.json'}: no valid training configuration ({error})") from None
 
     @property
     def seeds(self) -> list[int] | None:
         """The seeds of a run of several models; None for one model."""
-        return self.meta.get("seeds")
+        return self.config.get("seeds")
 
     @functools.cached_property
     def source(self) -> "Run | None":
         """The training run an unlearning run started from (None for a training run)."""
-        return Run(self.meta["source"], data_dir=self.data_dir) if "source" in self.meta else None
+        return Run(self.config["source"], data_dir=self.data_dir) if "source" in self.config else None
 
     @functools.cached_property
     def split(self) -> Split | None:
@@ -119,6 +141,7 @@ class Run:
 
     @functools.cached_property
     def _model(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+        self.meta  # read first: UserError unless the latest checkpoint was written for this config.json
         graphdef, params, batch_stats = model_state(self.train_config, self.dataset, initialise=False)
         if self.seeds is not None:
             params, batch_stats = jax.tree.map(

@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils
 
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
 from jaxunlearn.data.sources import Dataset
-from jaxunlearn.data.splits import Split, index_hash, load_split, make_split, parse_forget, save_indices, save_split
+from jaxunlearn.data.splits import (ForgetSpec, Pairing, Split, index_hash, load_split, make_split, save_indices,
+                                    save_split)
 from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
 from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
 from jaxunlearn.engine.parallel import Execution, is_main_process
@@ -40,7 +41,7 @@ from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, probe_m
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
-from jaxunlearn.run import Run, as_run, device_data, model_state, training_data
+from jaxunlearn.run import Run, as_run, config_hash, device_data, model_state, training_data
 
 
 SUBSETS_FILE = "subsets.npz"
@@ -64,7 +65,7 @@ def _prepare_workdir(path: Path, config: dict[str, Any]) -> None:
     config_file = path / "config.json"
     if config_file.exists():
         if json.loads(config_file.read_text()) != config:
-            raise UserError(f"{path} holds a run with another configuration; choose a new --workdir")
+            raise UserError(f"{path} holds a run with another configuration; choose a new `workdir`")
         return
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"workdir {path} exists and is not an empty directory")
@@ -77,11 +78,6 @@ def _prepare_workdir(path: Path, config: dict[str, Any]) -> None:
 
 def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
     return {"train": dataset.train_labels, "test": dataset.test_labels}
-
-
-def _run_meta(kind: str, config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
-    return {"kind": kind, "dataset": dataset.name, "model": config.model, "width": config.width,
-            "num_classes": dataset.num_classes, "train_config": to_json(config)}
 
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
@@ -115,6 +111,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     graphdef = initial[0][0]
     run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
     workdir = prepare_workdir(workdir, run_config)
+    meta = {"config_hash": config_hash(run_config)}
     if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
         save_indices(workdir / SUBSETS_FILE, np.asarray(subsets))
 
@@ -129,7 +126,6 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
     )
     states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
-    meta = {**_run_meta("train", config, dataset), **_models_config(seeds)}
     state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
                       execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
     metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
@@ -214,29 +210,28 @@ def _check_batch_size(batch_size: int, mesh) -> None:
     devices = mesh.devices.size
     if batch_size % devices:
         raise UserError(f"batch size {batch_size} is not a multiple of the {devices} devices; "
-                        f"choose a multiple or --devices that divides it")
+                        f"choose a multiple or a number of `devices` that divides it")
 
 
 def source_config(source: str | Path) -> TrainConfig:
     """The TrainConfig of a training run directory; UserError when it is no readable training run."""
     run = as_run(source)
     if run.kind != "train":
-        raise UserError(f"{source} is not a training run (its checkpoint is a {run.kind!r} run)")
+        raise UserError(f"{source} is not a training run (it is an {run.kind!r} run)")
     return run.train_config
 
 
-def obtain_split(source: str | Path, dataset: Dataset, forget: str, protocol: str, seed: int) -> Split:
+def obtain_split(source: str | Path, dataset: Dataset, spec: ForgetSpec, pairing: Pairing, seed: int) -> Split:
     """The split of `forget` for the training run `source`, shared by every method unlearning from it.
 
     The first call saves it under `source/splits/`; later calls load that file (its hash is checked), so all
     methods of one experiment forget exactly the same samples.
     """
-    spec = parse_forget(forget)
-    name = re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{protocol}-seed{seed}.npz"
+    name = re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{pairing}-seed{seed}.npz"
     path = Path(source) / "splits" / name
     if path.exists():
         return load_split(path)
-    split = make_split(spec, dataset.train_labels, dataset.num_classes, protocol=protocol, seed=seed)
+    split = make_split(spec, dataset.train_labels, dataset.num_classes, pairing=pairing, seed=seed)
     if not is_main_process():
         return split
     try:
@@ -250,10 +245,8 @@ def obtain_split(source: str | Path, dataset: Dataset, forget: str, protocol: st
 def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
     """The method's reference defaults for this forgetting mode, with the config's overrides applied."""
     method = get_method(config.method)
-    mode = parse_forget(config.forget).mode
-    method.check_mode(mode)
-    hparams = override(method.default_hparams(mode, original), config.hparams)  # validated
-    return hparams
+    method.check_mode(config.forget.mode)
+    return override(method.default_hparams(config.forget.mode, original), config.hparams)  # validated
 
 
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
@@ -281,11 +274,11 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         raise UserError(f"{source} holds {len(source_seeds)} models; unlearn them with as many seeds, "
                         f"not {len(members)}")
     if splits is None:
-        splits = [obtain_split(source, dataset, config.forget, config.protocol, config.seed)] * len(members)
+        splits = [obtain_split(source, dataset, config.forget, config.pairing, config.seed)] * len(members)
     elif len(splits) != len(members) or len({split.spec.mode for split in splits}) != 1:
         raise UserError(f"per-model splits must be one per model ({len(members)}) and of one forgetting mode")
     method.check_mode(splits[0].spec.mode)
-    contexts = [Context(split=split, num_classes=dataset.num_classes, protocol=config.protocol, seed=seed,
+    contexts = [Context(split=split, num_classes=dataset.num_classes, pairing=config.pairing, seed=seed,
                         train_labels=dataset.train_labels, image_shape=dataset.image_shape,
                         mean=tuple(dataset.mean), std=tuple(dataset.std))
                 for seed, split in zip(members, splits)]
@@ -299,7 +292,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
 
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
-                  "hparams": dataclasses.asdict(hparams),
+                  "train_config": to_json(original), "hparams": dataclasses.asdict(hparams),
                   **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
                   **_models_config(seeds, splits=splits if per_model_splits else None)}
     workdir = prepare_workdir(workdir, run_config)
@@ -330,7 +323,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         should_stop=lambda evaluation: method.should_stop(evaluation, contexts[0]), learning_rate=schedule,
         aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
     )
-    meta = {**_run_meta("unlearn", original, dataset), **run_config}
+    meta = {"config_hash": config_hash(run_config)}
     state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
                       execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
     metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
@@ -368,7 +361,7 @@ def _reference_run(reference: Run, run: Run, split: Split) -> None:
     """UserError unless `reference` holds the same model and split as the evaluated run."""
     if reference.train_config != run.train_config:
         raise UserError(f"reference {reference.path} holds another model or dataset than the evaluated run")
-    if reference.meta.get("split_hash") != split.content_hash():
+    if reference.config.get("split_hash") != split.content_hash():
         raise UserError(f"reference {reference.path} forgot another split than the evaluated run ({split.spec})")
 
 
@@ -388,7 +381,7 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
     if reference is not None:
         reference = as_run(reference)
         if split is None:
-            raise UserError("--reference needs a split: evaluate an unlearning run, or pass --forget")
+            raise UserError("a `reference` needs a split: evaluate an unlearning run, or give a `split`")
         _reference_run(reference, run, split)
     dataset, data, predict = run.dataset, run.data, run.predict
     graphdef, params, batch_stats = run.model()

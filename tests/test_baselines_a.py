@@ -19,7 +19,7 @@ from jaxunlearn.cli import main
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import load_dataset
-from jaxunlearn.data.splits import ForgetSpec, Split
+from jaxunlearn.data.splits import ForgetSpec, Split, parse_forget
 from jaxunlearn.engine.loop import StepContext, steps_in
 from jaxunlearn.engine.parallel import AXIS, data_mesh
 from jaxunlearn.engine.state import create_state
@@ -39,8 +39,8 @@ NUM_CLASSES = 10
 def toy_context(num_forget: int, num_retain: int, seed: int = 0) -> Context:
     """Forget indices 0..num_forget-1, retain the rest; label = index mod 10."""
     split = Split(forget=np.arange(num_forget), retain=np.arange(num_forget, num_forget + num_retain),
-                  spec=ForgetSpec("class", classes=(5,)), protocol="default", seed=seed)
-    return Context(split=split, num_classes=NUM_CLASSES, protocol="default", seed=seed,
+                  spec=ForgetSpec("class", classes=(5,)), pairing="default", seed=seed)
+    return Context(split=split, num_classes=NUM_CLASSES, pairing="default", seed=seed,
                    train_labels=np.arange(num_forget + num_retain) % NUM_CLASSES, image_shape=(8, 8, 1))
 
 
@@ -306,7 +306,7 @@ def original(digits_run):
     source, _ = digits_run
     config = source_config(source)
     dataset = load_dataset(config.dataset, config.data_dir)
-    split = obtain_split(source, dataset, FORGET, "default", 0)
+    split = obtain_split(source, dataset, parse_forget(FORGET), "default", 0)
     graphdef, params, batch_stats = Run(source).model()
     data = DeviceData.from_dataset(dataset)
     predict = make_predictor(graphdef, data.mean, data.std)

@@ -66,8 +66,8 @@ def class_context(num_per_class=30, num_classes=10, forget_class=5, seed=0):
     """Labels i mod num_classes over num_per_class·num_classes samples; class `forget_class` forgotten."""
     labels = np.arange(num_per_class * num_classes) % num_classes
     split = Split(forget=np.flatnonzero(labels == forget_class), retain=np.flatnonzero(labels != forget_class),
-                  spec=ForgetSpec("class", classes=(forget_class,)), protocol="default", seed=0)
-    return Context(split=split, num_classes=num_classes, protocol="default", seed=seed, train_labels=labels,
+                  spec=ForgetSpec("class", classes=(forget_class,)), pairing="default", seed=0)
+    return Context(split=split, num_classes=num_classes, pairing="default", seed=seed, train_labels=labels,
                    image_shape=IMAGE_SHAPE, mean=DIGITS_MEAN, std=DIGITS_STD)
 
 
@@ -335,7 +335,7 @@ def original(digits_run, original_model):
     forget_test_acc, retain_train_acc, test_acc = remaining-class test accuracy)."""
     source, _ = digits_run
     dataset = load_dataset(source_config(source).dataset)
-    split = obtain_split(source, dataset, "class:5", "default", 0)
+    split = obtain_split(source, dataset, ForgetSpec("class", classes=(5,)), "default", 0)
     graphdef, params, batch_stats = original_model
     data = DeviceData.from_dataset(dataset)
     labels = {"train": dataset.train_labels, "test": dataset.test_labels}

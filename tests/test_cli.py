@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxunlearn.engine import checkpoint
-from jaxunlearn.cli import main
+from jaxunlearn.cli import in_flags, main
 from jaxunlearn.data.splits import load_split
 from jaxunlearn.runs import evaluate_run
 
@@ -120,6 +121,11 @@ def test_missing_corrupt_or_mismatched_checkpoint(tmp_path, digits_run, capsys):
     workdir = tmp_path / "w"
     args = ["unlearn", "--method", "contrastive", "--forget", "class:5", "--workdir", workdir]
     assert run_cli(*args, "--from", tmp_path / "missing") == 2
+    assert "no run directory" in error_line(capsys)
+    unsaved = tmp_path / "unsaved"  # killed before its first checkpoint
+    unsaved.mkdir()
+    shutil.copyfile(source / "config.json", unsaved / "config.json")
+    assert run_cli(*args, "--from", unsaved) == 2
     assert "no checkpoint in" in error_line(capsys)
 
     assert run_cli(*args, "--from", source, "--model", "resnet34") == 2
@@ -138,12 +144,12 @@ def test_missing_corrupt_or_mismatched_checkpoint(tmp_path, digits_run, capsys):
 
     other = tmp_path / "other_width"
     subprocess.run(["cp", "-r", str(source), str(other)], check=True)
-    meta_path = other / "checkpoints" / str(epoch) / "meta" / "metadata"
-    meta = json.loads(meta_path.read_text())
-    meta["train_config"]["width"] = 0.25  # the metadata now claims a model the arrays do not hold
-    meta_path.write_text(json.dumps(meta))
+    config_path = other / "config.json"
+    config = json.loads(config_path.read_text())
+    config["config"]["width"] = 0.25  # config.json now claims a model the checkpoint does not hold
+    config_path.write_text(json.dumps(config))
     assert run_cli(*args, "--from", other) == 2
-    assert "does not match the model" in error_line(capsys)
+    assert "written for another configuration than its config.json" in error_line(capsys)
     assert not workdir.exists()
 
 
@@ -201,3 +207,13 @@ def test_pmap_backend_unlearns_on_two_devices(digits_run, tmp_path):
                    "--workdir", workdir, "--epochs", "1", "--devices", "2", "--backend", "pmap") == 0
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 * 4 and all(np.isfinite(line["loss"]) for line in lines)
+
+
+def test_library_errors_are_shown_in_flags():
+    assert in_flags("`devices` must be between 1 and the 8 available, got 9") == \
+        "--devices must be between 1 and the 8 available, got 9"
+    assert in_flags("`num_processes` and `process_id` need a `coordinator` HOST:PORT") == \
+        "--num-processes and --process-id need a --coordinator HOST:PORT"
+    assert in_flags("choose another `out_dir`; `source` is no run") == "choose another --out; --from is no run"
+    assert in_flags("install it with `apt-get install dataset-fashion-mnist`") == \
+        "install it with `apt-get install dataset-fashion-mnist`"

@@ -148,7 +148,7 @@ def test_fashion_mnist_missing_directory_or_file(tmp_path):
         load_dataset("fashion_mnist", data_dir=str(missing))
     write_tiny_fashion_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz.*--data-dir"):
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz.*`data_dir`"):
         load_dataset("fashion_mnist", data_dir=str(tmp_path))
 
 

@@ -54,12 +54,12 @@ def initial_state(seed, tx, dtype):
 
 def contrastive_plans(dataset):
     """Three CU steps of each model: the same forget batch, retain batches drawn with the model's seed."""
-    split = make_split(parse_forget("class:5"), dataset.train_labels, 10, protocol="default", seed=0)
+    split = make_split(parse_forget("class:5"), dataset.train_labels, 10, pairing="default", seed=0)
     method = get_method("contrastive")
     hparams = method.default_hparams("class", None).__class__(batch_size=16, learning_rate=0.05)
     plans = []
     for seed in range(K):
-        context = Context(split=split, num_classes=10, protocol="default", seed=seed,
+        context = Context(split=split, num_classes=10, pairing="default", seed=seed,
                           train_labels=dataset.train_labels, image_shape=dataset.image_shape)
         plans.append([{role: columns[:3] for role, columns in method.plan(hparams, context, 0)[0].items()}])
     return method.loss_fn(hparams, context), plans

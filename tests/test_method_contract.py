@@ -74,7 +74,7 @@ def setup(name, dataset, data, seed=0):
     split = make_split(parse_forget(forget), dataset.train_labels, dataset.num_classes, seed=0)
     hparams = override(method.default_hparams(split.spec.mode, ORIGINAL), overrides)
     hparams.validate()
-    context = Context(split=split, num_classes=dataset.num_classes, protocol="default", seed=seed,
+    context = Context(split=split, num_classes=dataset.num_classes, pairing="default", seed=seed,
                       train_labels=dataset.train_labels, image_shape=dataset.image_shape,
                       mean=tuple(dataset.mean), std=tuple(dataset.std))
     model = create_model("resnet18", dataset.num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)

@@ -14,20 +14,20 @@ def cifar_like_class_split(num_forget=4999, num_retain=45001):
     """Forget indices 0..num_forget-1, retain the rest (label-free: plans only look at indices)."""
     forget = np.arange(num_forget)
     retain = np.arange(num_forget, num_forget + num_retain)
-    return Split(forget=forget, retain=retain, spec=ForgetSpec("class", classes=(5,)), protocol="official", seed=0)
+    return Split(forget=forget, retain=retain, spec=ForgetSpec("class", classes=(5,)), pairing="official", seed=0)
 
 
-def context_of(split, protocol="default", seed=0):
+def context_of(split, pairing="default", seed=0):
     """A CIFAR-shaped context; the labels are index mod 10 (plans do not read them)."""
     num_train = len(split.forget) + len(split.retain)
-    return Context(split=split, num_classes=10, protocol=protocol, seed=seed,
+    return Context(split=split, num_classes=10, pairing=pairing, seed=seed,
                    train_labels=np.arange(num_train) % 10, image_shape=(32, 32, 3))
 
 
-def contrastive_plan(protocol, epoch=0, seed=0, split=None):
+def contrastive_plan(pairing, epoch=0, seed=0, split=None):
     method = get_method("contrastive")
     hparams = method.default_hparams("class", TrainConfig())
-    context = context_of(split or cifar_like_class_split(), protocol, seed)
+    context = context_of(split or cifar_like_class_split(), pairing, seed)
     return method.plan(hparams, context, epoch)
 
 

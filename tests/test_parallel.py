@@ -54,10 +54,10 @@ def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0
 
 def contrastive_case(dataset, mode):
     forget = "class:5" if mode == "class" else "random:64"
-    split = make_split(parse_forget(forget), dataset.train_labels, 10, protocol="default", seed=0)
+    split = make_split(parse_forget(forget), dataset.train_labels, 10, pairing="default", seed=0)
     method = get_method("contrastive")
     hparams = method.default_hparams(mode, None).__class__(batch_size=32, learning_rate=0.05)
-    context = Context(split=split, num_classes=10, protocol="default", seed=0,
+    context = Context(split=split, num_classes=10, pairing="default", seed=0,
                       train_labels=dataset.train_labels, image_shape=dataset.image_shape)
     blocks = [{role: columns[:3] for role, columns in method.plan(hparams, context, 0)[0].items()}]
     return method.loss_fn(hparams, context), blocks

@@ -1,4 +1,4 @@
-"""Forget/retain splits: protocols, parsing, errors and tamper-evident files."""
+"""Forget/retain splits: pairings, parsing, errors and tamper-evident files."""
 
 import numpy as np
 import pytest
@@ -18,10 +18,10 @@ def assert_partition(split: Split, num_train: int) -> None:
     np.testing.assert_array_equal(np.union1d(split.forget, split.retain), np.arange(num_train))
 
 
-@pytest.mark.parametrize("protocol", ["default", "official"])
+@pytest.mark.parametrize("pairing", ["default", "official"])
 @pytest.mark.parametrize("text", ["class:2", "class:0,2", "random:7"])
-def test_split_is_disjoint_and_complete(text, protocol):
-    split = make_split(parse_forget(text), LABELS, NUM_CLASSES, protocol=protocol)
+def test_split_is_disjoint_and_complete(text, pairing):
+    split = make_split(parse_forget(text), LABELS, NUM_CLASSES, pairing=pairing)
     assert_partition(split, len(LABELS))
 
 
@@ -46,13 +46,13 @@ def test_default_random_is_deterministic_per_seed_and_differs_across_seeds():
 def test_official_random_takes_the_first_n_and_ignores_the_seed():
     for seed in (0, 9):
         spec = parse_forget("random:7")
-        split = make_split(spec, LABELS, NUM_CLASSES, protocol="official", seed=seed)
+        split = make_split(spec, LABELS, NUM_CLASSES, pairing="official", seed=seed)
         np.testing.assert_array_equal(split.forget, np.arange(7))
         np.testing.assert_array_equal(split.retain, np.arange(7, 30))
 
 
 def test_official_class_keeps_each_forgotten_class_last_image():
-    split = make_split(parse_forget("class:1,2"), LABELS, NUM_CLASSES, protocol="official")
+    split = make_split(parse_forget("class:1,2"), LABELS, NUM_CLASSES, pairing="official")
     class_1, class_2 = np.flatnonzero(LABELS == 1), np.flatnonzero(LABELS == 2)
     assert class_1[-1] == 29 and class_2[-1] == 23
     assert {29, 23} <= set(split.retain.tolist())
@@ -98,18 +98,18 @@ def test_malformed_forget_strings_are_user_errors(text):
 
 
 @pytest.mark.parametrize(
-    ("text", "protocol", "message"),
+    ("text", "pairing", "message"),
     [
         ("class:3", "default", "out of range"),
         ("class:0,1,2", "default", "all 3 classes"),
         ("random:30", "default", "smaller than the 30"),
         ("random:31", "official", "smaller than the 30"),
-        ("random:5", "sloppy", "unknown protocol"),
+        ("random:5", "sloppy", "unknown pairing"),
     ],
 )
-def test_split_errors(text, protocol, message):
+def test_split_errors(text, pairing, message):
     with pytest.raises(UserError, match=message):
-        make_split(parse_forget(text), LABELS, NUM_CLASSES, protocol=protocol)
+        make_split(parse_forget(text), LABELS, NUM_CLASSES, pairing=pairing)
 
 
 def test_class_without_training_images_is_an_error():
@@ -117,7 +117,7 @@ def test_class_without_training_images_is_an_error():
         make_split(parse_forget("class:3"), LABELS, 4)
     singleton = np.array([0, 0, 1], np.int32)  # official keeps class 1's only image
     with pytest.raises(UserError, match="class 1 has no training images"):
-        make_split(parse_forget("class:1"), singleton, 2, protocol="official")
+        make_split(parse_forget("class:1"), singleton, 2, pairing="official")
 
 
 def test_negative_class_and_seed_are_errors():
@@ -128,14 +128,14 @@ def test_negative_class_and_seed_are_errors():
 
 
 def test_save_load_round_trip_preserves_everything(tmp_path):
-    split = make_split(parse_forget("random:9"), LABELS, NUM_CLASSES, protocol="default", seed=5)
+    split = make_split(parse_forget("random:9"), LABELS, NUM_CLASSES, pairing="default", seed=5)
     path = tmp_path / "split.npz"
     save_split(split, path)
     loaded = load_split(path)
     assert loaded.content_hash() == split.content_hash()
     np.testing.assert_array_equal(loaded.forget, split.forget)
     np.testing.assert_array_equal(loaded.retain, split.retain)
-    assert (loaded.spec, loaded.protocol, loaded.seed) == (split.spec, "default", 5)
+    assert (loaded.spec, loaded.pairing, loaded.seed) == (split.spec, "default", 5)
     assert [p.name for p in tmp_path.iterdir()] == ["split.npz"]  # no temp file left behind
 
 

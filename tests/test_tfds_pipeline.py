@@ -16,12 +16,12 @@ def test_train_and_official_contrastive_unlearning_on_mock_cifar10(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
         assert main(["train", "--dataset", "cifar10", "--width", "0.125", "--epochs", "1",
                      "--batch-size", "32", "--workdir", str(original)]) == 0
-        assert main(["unlearn", "--method", "contrastive", "--forget", "class:5", "--protocol", "official",
+        assert main(["unlearn", "--method", "contrastive", "--forget", "class:5", "--pairing", "official",
                      "--from", str(original), "--workdir", str(unlearned), "--epochs", "1",
                      "--batch-size", "8"]) == 0
     metrics = json.loads((unlearned / "metrics.json").read_text())
     split = load_split(unlearned / "split.npz")
-    assert split.protocol == "official"
+    assert split.pairing == "official"
     # The official split keeps the last class-5 image in the retain set.
     assert len(split.forget) + len(split.retain) == 96
     assert metrics["epochs"] == 1

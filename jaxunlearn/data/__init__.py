@@ -2,7 +2,7 @@
 
 from jaxunlearn.data.sources import BUILTIN_DATASETS, Dataset, load_dataset
 from jaxunlearn.data.splits import (
-    PROTOCOLS,
+    PAIRINGS,
     ForgetSpec,
     Split,
     load_split,
@@ -13,7 +13,7 @@ from jaxunlearn.data.splits import (
 
 __all__ = [
     "BUILTIN_DATASETS",
-    "PROTOCOLS",
+    "PAIRINGS",
     "Dataset",
     "ForgetSpec",
     "Split",

@@ -36,7 +36,7 @@ _FASHION_MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-_FASHION_MNIST_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir"
+_FASHION_MNIST_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass a `data_dir`"
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,7 +226,7 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f"unknown dataset {name!r}; choose {', '.join(BUILTIN_DATASETS)} "
-            "or any TFDS image dataset prepared under --data-dir"
+            "or any TFDS image dataset prepared under `data_dir`"
         ) from None
     features = builder.info.features
     image_feature = features["image"] if "image" in features else None

@@ -15,8 +15,8 @@ import numpy as np
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import atomic_write
 
-Protocol = Literal["default", "official"]
-PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+Pairing = Literal["default", "official"]
+PAIRINGS: tuple[str, ...] = get_args(Pairing)
 _FORGET_SYNTAX = "expected 'class:<c>[,<c>...]' or 'random:<N>'"
 
 
@@ -78,13 +78,13 @@ class Split:
     forget: np.ndarray
     retain: np.ndarray
     spec: ForgetSpec
-    protocol: Protocol
+    pairing: Pairing
     seed: int
 
     def content_hash(self) -> str:
-        """SHA-256 hex digest over spec, protocol, seed and both index arrays."""
+        """SHA-256 hex digest over spec, pairing, seed and both index arrays."""
         digest = hashlib.sha256()
-        header = f"{self.spec}|{self.protocol}|{self.seed}|{self.forget.size}|{self.retain.size}"
+        header = f"{self.spec}|{self.pairing}|{self.seed}|{self.forget.size}|{self.retain.size}"
         digest.update(header.encode())
         digest.update(self.forget.astype("<i8").tobytes())
         digest.update(self.retain.astype("<i8").tobytes())
@@ -102,7 +102,7 @@ def make_split(
     train_labels: np.ndarray,
     num_classes: int,
     *,
-    protocol: Protocol = "default",
+    pairing: Pairing = "default",
     seed: int = 0,
 ) -> Split:
     """Split train indices 0..N-1 (``train_labels`` int [N]) into forget and retain sets.
@@ -112,20 +112,20 @@ def make_split(
     official: class:c,... → every image of each class except its last (highest index);
               random:N → indices 0..N-1 (seed ignored). Matches the official code.
     """
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
+    if pairing not in PAIRINGS:
+        raise UserError(f"unknown pairing {pairing!r}; choose {', '.join(PAIRINGS)}")
     if seed < 0:
         raise UserError(f"seed must be >= 0, got {seed}")
     if spec.kind == "class":
-        forget = _class_forget_indices(spec.classes, train_labels, num_classes, protocol)
+        forget = _class_forget_indices(spec.classes, train_labels, num_classes, pairing)
     else:
-        forget = _random_forget_indices(spec.count, len(train_labels), protocol, seed)
+        forget = _random_forget_indices(spec.count, len(train_labels), pairing, seed)
     retain = np.setdiff1d(np.arange(len(train_labels), dtype=np.int64), forget, assume_unique=True)
-    return Split(forget=forget, retain=retain, spec=spec, protocol=protocol, seed=seed)
+    return Split(forget=forget, retain=retain, spec=spec, pairing=pairing, seed=seed)
 
 
 def _class_forget_indices(
-    classes: tuple[int, ...], train_labels: np.ndarray, num_classes: int, protocol: Protocol
+    classes: tuple[int, ...], train_labels: np.ndarray, num_classes: int, pairing: Pairing
 ) -> np.ndarray:
     """Sorted int64 indices of the forgotten classes' train images (official: minus each last)."""
     out_of_range = [c for c in classes if not 0 <= c < num_classes]
@@ -136,19 +136,19 @@ def _class_forget_indices(
     per_class = []
     for c in classes:
         members = np.flatnonzero(train_labels == c)
-        if protocol == "official":
+        if pairing == "official":
             members = members[:-1]  # the official code keeps each class's last image
         if members.size == 0:
-            raise UserError(f"class {c} has no training images to forget (protocol {protocol})")
+            raise UserError(f"class {c} has no training images to forget (pairing {pairing})")
         per_class.append(members)
     return np.sort(np.concatenate(per_class)).astype(np.int64)
 
 
-def _random_forget_indices(count: int, num_train: int, protocol: Protocol, seed: int) -> np.ndarray:
+def _random_forget_indices(count: int, num_train: int, pairing: Pairing, seed: int) -> np.ndarray:
     """Sorted int64 indices: the first ``count`` (official) or a seeded random choice."""
     if count >= num_train:
         raise UserError(f"random:{count} must be smaller than the {num_train} training images")
-    if protocol == "official":
+    if pairing == "official":
         return np.arange(count, dtype=np.int64)
     chosen = np.random.default_rng(seed).choice(num_train, size=count, replace=False)
     return np.sort(chosen).astype(np.int64)
@@ -166,7 +166,7 @@ def save_split(split: Split, path: str | os.PathLike) -> None:
         forget=split.forget,
         retain=split.retain,
         spec=np.array(str(split.spec)),
-        protocol=np.array(split.protocol),
+        pairing=np.array(split.pairing),
         seed=np.array(split.seed, np.int64),
         hash=np.array(split.content_hash()),
     )
@@ -204,19 +204,19 @@ def load_split(path: str | os.PathLike) -> Split:
         raise UserError(f"split file not found: {path}")
     try:
         with open(path, "rb") as file, np.load(file, allow_pickle=False) as contents:
-            protocol = str(contents["protocol"])
+            pairing = str(contents["pairing"])
             split = Split(
                 forget=contents["forget"].astype(np.int64),
                 retain=contents["retain"].astype(np.int64),
                 spec=parse_forget(str(contents["spec"])),
-                protocol=protocol,
+                pairing=pairing,
                 seed=int(contents["seed"]),
             )
             stored_hash = str(contents["hash"])
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"corrupt split file {path}: {error}") from None
-    if protocol not in PROTOCOLS:
-        raise UserError(f"split file {path} has unknown protocol {protocol!r}")
+    if pairing not in PAIRINGS:
+        raise UserError(f"split file {path} has unknown pairing {pairing!r}")
     if split.content_hash() != stored_hash:
         raise UserError(f"split file {path} fails its hash check (edited or corrupted)")
     return split

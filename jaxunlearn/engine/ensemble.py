@@ -68,7 +68,7 @@ def make_ensemble(count: int, execution: Execution) -> Ensemble:
     if execution.backend != "shard_map":
         raise UserError(f"runs of several models use the shard_map backend, not {execution.backend}")
     if jax.process_count() > 1:
-        raise UserError("runs of several models run in one process; start them without --coordinator")
+        raise UserError("runs of several models run in one process; start them without a `coordinator`")
     available = jax.local_device_count()
     if execution.devices is None:  # the most devices that split the models evenly
         devices = max(d for d in range(1, min(available, count) + 1) if count % d == 0)

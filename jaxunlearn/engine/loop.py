@@ -441,60 +441,74 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
     its checkpoint (`epoch`, `finished`, `evaluation`, `seconds`, `steps`, plus `meta`); the state is
     this process's copy on one device. Only process 0 writes the logs; every process joins the saves.
     """
-    main = is_main_process()
     runner = _OneModel(procedure, graphdef, data, execution, label) if ensemble is None else \
         _ManyModels(procedure, graphdef, data, execution, label, ensemble)
-    state = runner.place(state)
+    logs = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
     manager = checkpoint.open_manager(workdir)
-    log_path, evaluation_path = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
-    start_epoch, seconds, steps = 0, 0.0, 0
-    last = {**meta, "epoch": 0, "finished": False, "evaluation": {}}
-    latest = manager.latest_step()
-    if latest is not None:
-        restored, last = checkpoint.restore_state(manager, latest, runner.saved(state))
-        state = runner.restored(restored, last)
-        start_epoch, seconds, steps = last["epoch"], last["seconds"], last["steps"]
-        if main:
-            for path in (log_path, evaluation_path):
-                _truncate_log(path, steps)
-        if last["finished"]:
-            manager.close()
-            return runner.result(state), last
-        if main:
-            print(f"{label}: resuming after epoch {start_epoch}", file=sys.stderr)
-
-    runner.compile(start_epoch)
-    last_save = time.perf_counter()
     try:
-        for epoch in range(start_epoch, procedure.epochs):
-            started = time.perf_counter()
-            first_step = steps
-            state, step_metrics = runner.epoch(state, epoch, first_step)
-            steps = first_step + len(step_metrics["loss"])
-            bad = runner.first_non_finite(step_metrics)
-            if bad is not None:
-                raise TrainingDiverged(
-                    f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1}); "
-                    f"the last good checkpoint is kept in {Path(workdir) / checkpoint.CHECKPOINT_DIR}"
-                )
-            evaluation, stop = runner.evaluate(state, epoch + 1 == procedure.epochs, last["evaluation"])
-            seconds += time.perf_counter() - started
-            finished = stop or epoch + 1 == procedure.epochs
-            last = {**meta, "epoch": epoch + 1, "finished": finished, "evaluation": evaluation,
-                    "seconds": seconds, "steps": steps, **runner.meta()}
-            if finished or time.perf_counter() - last_save >= save_every_seconds:
-                checkpoint.save(manager, epoch + 1, runner.saved(state), last)
-                last_save = time.perf_counter()
-            if main:
-                _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
-                with evaluation_path.open("a") as log:
-                    log.write(json.dumps({"epoch": epoch + 1, "step": steps, **_by_name(evaluation)}) + "\n")
-                runner.report(epoch + 1, step_metrics, evaluation, seconds)
-            if stop:
-                break
+        state, last = _resume(manager, runner, runner.place(state), meta, logs, label)
+        if not last["finished"]:
+            state, last = _run_epochs(procedure, runner, manager, state, last, meta, logs, workdir, label,
+                                      save_every_seconds)
     finally:
         manager.close()
     return runner.result(state), last
+
+
+def _resume(manager, runner, state, meta: dict[str, Any], logs: tuple[Path, Path],
+            label: str) -> tuple[Any, dict[str, Any]]:
+    """The placed state and checkpoint metadata to continue from: the latest checkpoint's, with the logs cut
+    back to its step; or the given state before epoch 1."""
+    latest = manager.latest_step()
+    if latest is None:
+        return state, {**meta, "epoch": 0, "finished": False, "evaluation": {}, "seconds": 0.0, "steps": 0}
+    restored, last = checkpoint.restore_state(manager, latest, runner.saved(state))
+    state = runner.restored(restored, last)
+    if is_main_process():
+        for path in logs:
+            _truncate_log(path, last["steps"])
+        if not last["finished"]:
+            print(f"{label}: resuming after epoch {last['epoch']}", file=sys.stderr)
+    return state, last
+
+
+def _run_epochs(procedure: Procedure, runner, manager, state, last: dict[str, Any], meta: dict[str, Any],
+                logs: tuple[Path, Path], workdir: Path, label: str,
+                save_every_seconds: float) -> tuple[Any, dict[str, Any]]:
+    """Epochs from `last["epoch"]` until the method's rule stops the run or the last epoch: each epoch's
+    steps, the non-finite check, the evaluation, a checkpoint when due, then its log lines."""
+    main = is_main_process()
+    log_path, evaluation_path = logs
+    seconds, steps = last["seconds"], last["steps"]
+    runner.compile(last["epoch"])
+    last_save = time.perf_counter()
+    for epoch in range(last["epoch"], procedure.epochs):
+        started = time.perf_counter()
+        first_step = steps
+        state, step_metrics = runner.epoch(state, epoch, first_step)
+        steps = first_step + len(step_metrics["loss"])
+        bad = runner.first_non_finite(step_metrics)
+        if bad is not None:
+            raise TrainingDiverged(
+                f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1}); "
+                f"the last good checkpoint is kept in {Path(workdir) / checkpoint.CHECKPOINT_DIR}"
+            )
+        evaluation, stop = runner.evaluate(state, epoch + 1 == procedure.epochs, last["evaluation"])
+        seconds += time.perf_counter() - started
+        finished = stop or epoch + 1 == procedure.epochs
+        last = {**meta, "epoch": epoch + 1, "finished": finished, "evaluation": evaluation,
+                "seconds": seconds, "steps": steps, **runner.meta()}
+        if finished or time.perf_counter() - last_save >= save_every_seconds:
+            checkpoint.save(manager, epoch + 1, runner.saved(state), last)
+            last_save = time.perf_counter()
+        if main:
+            _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
+            with evaluation_path.open("a") as log:
+                log.write(json.dumps({"epoch": epoch + 1, "step": steps, **_by_name(evaluation)}) + "\n")
+            runner.report(epoch + 1, step_metrics, evaluation, seconds)
+        if stop:
+            break
+    return state, last
 
 
 def _by_name(evaluation: dict[str, float] | list[dict[str, float]]) -> dict[str, Any]:

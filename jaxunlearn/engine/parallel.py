@@ -58,17 +58,17 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
     """
     if coordinator is None:
         if num_processes is not None or process_id is not None:
-            raise UserError("--num-processes and --process-id need --coordinator HOST:PORT")
+            raise UserError("`num_processes` and `process_id` need a `coordinator` HOST:PORT")
         if auto:
             jax.distributed.initialize()
         return
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+        raise UserError(f"`coordinator` must be HOST:PORT, got {coordinator!r}")
     if num_processes is None or process_id is None:
-        raise UserError("--coordinator needs --num-processes and --process-id")
+        raise UserError("a `coordinator` needs `num_processes` and `process_id`")
     if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        raise UserError(f"`process_id` must be in [0, {num_processes}), got {process_id}")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
 
@@ -78,9 +78,9 @@ def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
     available = jax.device_count()
     count = available if devices is None else devices
     if not 1 <= count <= available:
-        raise UserError(f"--devices must be between 1 and the {available} available, got {devices}")
+        raise UserError(f"`devices` must be between 1 and the {available} available, got {devices}")
     if count % jax.process_count():
-        raise UserError(f"--devices {count} must be a multiple of the {jax.process_count()} processes")
+        raise UserError(f"`devices` {count} must be a multiple of the {jax.process_count()} processes")
     # Take the same number of devices from every process, so that each host feeds its own.
     per_process = count // jax.process_count()
     chosen = [d for p in range(jax.process_count())

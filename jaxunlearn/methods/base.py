@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxunlearn.config import Protocol, TrainConfig
+from jaxunlearn.config import Pairing, TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.splits import Split
 from jaxunlearn.engine.loop import Block, LossFn
@@ -36,7 +36,7 @@ class Context:
 
     split: Split
     num_classes: int
-    protocol: Protocol
+    pairing: Pairing
     seed: int
     train_labels: np.ndarray
     image_shape: tuple[int, ...]

@@ -52,13 +52,13 @@ class Contrastive(Method):
     def plan(self, hparams: ContrastiveHparams, context: Context, epoch: int):
         """Forget batches in index order, each repeated ω times beside a retain batch of its size.
 
-        default protocol: retain samples drawn uniformly with replacement, fresh each step (the official
-        code's intended sampler); official protocol: every forget batch meets the same first ω·B retain
+        default pairing: retain samples drawn uniformly with replacement, fresh each step (the official
+        code's intended sampler); official pairing: every forget batch meets the same first ω·B retain
         samples in order, truncated to its size (what the released code does).
         """
         omega, size = hparams.retain_per_forget, hparams.batch_size
         retain = context.split.retain
-        if context.protocol == "official" and len(retain) < omega * size:
+        if context.pairing == "official" and len(retain) < omega * size:
             raise UserError(
                 f"the official pairing needs {omega * size} retain samples, the split has {len(retain)}"
             )
@@ -66,7 +66,7 @@ class Contrastive(Method):
         blocks = []
         for forget_batches in batch_blocks(context.split.forget, size):
             count, width = forget_batches.shape
-            if context.protocol == "official":
+            if context.pairing == "official":
                 fixed = retain[: omega * size].reshape(omega, size)[:, :width]
                 retain_batches = np.tile(fixed, (count, 1))
             else:

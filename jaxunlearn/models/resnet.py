@@ -80,6 +80,14 @@ class Shortcut(nnx.Module):
         return self.bn(self.conv(x), use_running_average=not train)
 
 
+def _shortcut(in_channels: int, out_channels: int, stride: int, bn_axis_name: str | None,
+              rngs: nnx.Rngs) -> "Shortcut | None":
+    """A block's projection shortcut where the block changes the shape, else None (the identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return Shortcut(in_channels, out_channels, stride, bn_axis_name, rngs=rngs)
+
+
 class BasicBlock(nnx.Module):
     """3x3 -> 3x3 residual block. [B, H, W, C_in] -> [B, H/s, W/s, planes]."""
 
@@ -91,10 +99,7 @@ class BasicBlock(nnx.Module):
         self.bn1 = _batch_norm(planes, bn_axis_name, rngs)
         self.conv2 = _conv(planes, planes, 3, 1, rngs)
         self.bn2 = _batch_norm(planes, bn_axis_name, rngs)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = (
-            Shortcut(in_channels, out_channels, stride, bn_axis_name, rngs=rngs) if needs_projection else None
-        )
+        self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
@@ -116,10 +121,7 @@ class Bottleneck(nnx.Module):
         self.bn2 = _batch_norm(planes, bn_axis_name, rngs)
         self.conv3 = _conv(planes, out_channels, 1, 1, rngs)
         self.bn3 = _batch_norm(out_channels, bn_axis_name, rngs)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = (
-            Shortcut(in_channels, out_channels, stride, bn_axis_name, rngs=rngs) if needs_projection else None
-        )
+        self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
