@@ -25,6 +25,7 @@ shadows (50%: it cannot tell an unlearned example from one the model never saw).
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,14 +129,14 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
         run = workdir / name
         unlearn(UnlearnConfig(method=method, forget=config.forget, hparams=hparams, pairing=config.pairing,
                               seed=config.seed), source, run, execution=execution, seeds=seeds)
-        return arm_outputs(run, original, dataset, split, n)
+        return arm_outputs(run, split, n)
 
     arms[config.method] = unlearn_arm(config.method, config.method, config.hparams, range(n))
     arms[REFERENCE] = unlearn_arm(REFERENCE, REFERENCE, {}, range(n))
     arms[FLOOR] = unlearn_arm(FLOOR, REFERENCE, {}, range(n, 2 * n))
     _announce(f"audit: {ORIGINAL} ({n} models on the whole training set)")
     train(original, workdir / ORIGINAL, execution=execution, seeds=range(2 * n, 3 * n))
-    arms[ORIGINAL] = arm_outputs(workdir / ORIGINAL, original, dataset, split, n)
+    arms[ORIGINAL] = arm_outputs(workdir / ORIGINAL, split, n)
 
     reference = arms[REFERENCE]
     audit_path = workdir / "audit.json"
@@ -152,7 +153,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
         "wall_seconds": time.perf_counter() - started,
     }
     write_json(audit_path, summary)
-    scored = {**{name: arm_outputs(workdir / name, original, dataset, split, n) for name in summary["methods"]},
+    scored = {**{name: arm_outputs(workdir / name, split, n) for name in summary["methods"]},
               **arms}
     atomic_write(workdir / "confidences.npz", lambda file: np.savez(
         file, forget_indices=split.forget, **{name.replace("-", "_"): arm.confidences for name, arm in scored.items()}),
@@ -161,29 +162,21 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     return summary
 
 
-def arm_outputs(run: Path, original: Any, dataset: Any, split: Split, models: int) -> Arm:
+def arm_outputs(run: Path, split: Split, models: int) -> Arm:
     """φ of every forget example and the retain and test accuracy under each of a run's `models` models.
 
     Kept in `run/audit_outputs.npz` for the split and checkpoint they were computed from, so the arms that
     audits of several methods share are evaluated once.
     """
-    cache = run / "audit_outputs.npz"
     key = f"{split.content_hash()}|{checkpoint.latest_epoch(run)}|{models}"
-    if cache.exists():
-        with np.load(cache) as stored:
-            if str(stored["key"]) == key:
-                return Arm(stored["confidences"], stored["retain_acc"], stored["test_acc"], float(stored["seconds"]))
-    arm = _evaluate_arm(run, original, dataset, split, models)
-    atomic_write(cache, lambda file: np.savez(file, key=np.array(key), confidences=arm.confidences,
-                                              retain_acc=arm.retain_acc, test_acc=arm.test_acc,
-                                              seconds=np.array(arm.seconds)), "wb")
-    return arm
+    stored = _cached(run / "audit_outputs.npz", key, lambda: _evaluate_arm(run, split, models))
+    return Arm(stored["confidences"], stored["retain_acc"], stored["test_acc"], float(stored["seconds"]))
 
 
-def _evaluate_arm(run: Path, original: Any, dataset: Any, split: Split, models: int) -> Arm:
+def _evaluate_arm(run: Path, split: Split, models: int) -> dict[str, np.ndarray]:
     loaded = Run(run)
     _, params, batch_stats = loaded.model()
-    data, predict = loaded.data, loaded.predict
+    dataset, data, predict = loaded.dataset, loaded.data, loaded.predict
     parts = split_parts(split, dataset.test_labels)
     labels = {"train": dataset.train_labels, "test": dataset.test_labels}
     images = {"train": data.train_images, "test": data.test_images}
@@ -196,8 +189,20 @@ def _evaluate_arm(run: Path, original: Any, dataset: Any, split: Split, models: 
         for name, store in (("retain_train", retain_acc), ("test", test_acc)):
             where, indices = parts[name]
             store.append(float(np.mean(logits[name].argmax(axis=1) == labels[where][indices])))
-    seconds = float(_read_json(run / "metrics.json").get("seconds", 0.0))
-    return Arm(np.stack(confidences), np.array(retain_acc), np.array(test_acc), seconds)
+    return {"confidences": np.stack(confidences), "retain_acc": np.array(retain_acc),
+            "test_acc": np.array(test_acc), "seconds": np.array(loaded.meta.get("seconds", 0.0))}
+
+
+def _cached(path: Path, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays `compute()` returns, kept in the .npz file `path` under `key` and computed again only for
+    another key (another checkpoint, split or model count)."""
+    if path.exists():
+        with np.load(path) as stored:
+            if str(stored["key"]) == key:
+                return {name: stored[name] for name in stored.files if name != "key"}
+    arrays = compute()
+    atomic_write(path, lambda file: np.savez(file, key=np.array(key), **arrays), "wb")
+    return arrays
 
 
 def score_arm(arm: Arm, reference: Arm) -> dict[str, Any]:
@@ -314,12 +319,12 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
         unlearn(UnlearnConfig(method=method, forget=ForgetSpec("random", count=config.audited // 2), hparams=hparams,
                               seed=config.seed), workdir / "shadows", workdir / name, execution=execution,
                 seeds=seeds, splits=splits)
-        return model_confidences(workdir / name, original, dataset, audited, labels, s)
+        return model_confidences(workdir / name, audited, labels, s)
 
     unlearned = shadow_arm(config.method, config.method, config.hparams, range(s))
     never_seen = shadow_arm(REFERENCE, REFERENCE, {}, range(s, 2 * s))
     floor = shadow_arm(FLOOR, REFERENCE, {}, range(2 * s, 3 * s))
-    shadows = model_confidences(workdir / "shadows", original, dataset, audited, labels, s)
+    shadows = model_confidences(workdir / "shadows", audited, labels, s)
     fitting = np.arange(s) < s - config.targets
     previous = _read_json(workdir / "ulira.json")
     same = all(previous.get(key) == value for key, value in
@@ -334,23 +339,15 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
     return results
 
 
-def model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarray, labels: np.ndarray,
-                      models: int) -> np.ndarray:
+def model_confidences(run: Path, indices: np.ndarray, labels: np.ndarray, models: int) -> np.ndarray:
     """φ [K, n] of the train images `indices` (true labels `labels`) under each of a run's `models` models,
     kept in `run/ulira_confidences.npz` for the checkpoint and examples they were computed from."""
-    cache = run / "ulira_confidences.npz"
     key = f"{index_hash(indices)}|{checkpoint.latest_epoch(run)}|{models}"
-    if cache.exists():
-        with np.load(cache) as stored:
-            if str(stored["key"]) == key:
-                return stored["confidences"]
-    confidences = _model_confidences(run, original, dataset, indices, labels, models)
-    atomic_write(cache, lambda file: np.savez(file, key=np.array(key), confidences=confidences), "wb")
-    return confidences
+    return _cached(run / "ulira_confidences.npz", key, lambda: {"confidences": _model_confidences(
+        run, indices, labels, models)})["confidences"]
 
 
-def _model_confidences(run: Path, original: Any, dataset: Any, indices: np.ndarray, labels: np.ndarray,
-                       models: int) -> np.ndarray:
+def _model_confidences(run: Path, indices: np.ndarray, labels: np.ndarray, models: int) -> np.ndarray:
     loaded = Run(run)
     _, params, batch_stats = loaded.model()
     return np.stack([logit_scaled_confidence(loaded.predict(*take((params, batch_stats), k), loaded.data.train_images,

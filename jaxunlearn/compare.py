@@ -20,7 +20,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _run_name(run: Run) -> str:
-    return "original" if run.config["kind"] == "train" else run.config["config"]["method"]
+    return "original" if run.kind == "train" else run.config["config"]["method"]
 
 
 def collect_runs(runs: list[Run]) -> tuple[dict[str, Run], Split]:

@@ -160,4 +160,5 @@ class Run:
 
 
 def as_run(run: "str | Path | Run") -> Run:
+    """`run` itself, or the Run of a run directory's path."""
     return run if isinstance(run, Run) else Run(run)
