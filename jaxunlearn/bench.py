@@ -245,8 +245,8 @@ def bench_models(config: BenchConfig, model: nnx.Module, data: tuple[jax.Array, 
     blocks = stack_plans([[block]] * config.models)
     train_step = make_train_step(graphdef, tx, loss_fn, mean, std)
     layouts = {}
+    devices = make_ensemble(config.models, Execution(devices=config.devices)).devices
     for layout in ("one_after_another", "vmapped"):
-        devices = make_ensemble(config.models, Execution(devices=config.devices)).devices
         ensemble = make_ensemble(config.models, Execution(
             devices=devices, models_per_device=1 if layout == "one_after_another" else config.models // devices))
         loop = resolve_loop(config.epoch_loop, ensemble.mesh)
@@ -256,20 +256,19 @@ def bench_models(config: BenchConfig, model: nnx.Module, data: tuple[jax.Array, 
         group_blocks = [place_group_blocks([{n: c[models] for n, c in b.items()} for b in blocks], ensemble, loop)
                         for models in ensemble.groups()]
         active = place_group(np.ones(ensemble.group_size, bool), ensemble)
-        seconds, compile_seconds = [], 0.0
-        for call in range(1 + config.repeats):  # the first call compiles and warms up
+        seconds = []
+        for _ in range(1 + config.repeats):  # the first call compiles and warms up
             start = time.perf_counter()
             for g in range(len(groups)):
-                groups[g], metrics = epoch_fn(groups[g], images, labels, None, group_blocks[g], 0, active)
+                groups[g], _ = epoch_fn(groups[g], images, labels, None, group_blocks[g], 0, active)
             jax.block_until_ready(groups)
-            (seconds.append if call else lambda t: None)(time.perf_counter() - start)
-            if not call:
-                compile_seconds = time.perf_counter() - start
+            seconds.append(time.perf_counter() - start)
+        first_call, seconds = seconds[0], seconds[1:]
         per_model_step = statistics.median(seconds) / (config.steps * config.models)
         layouts[layout] = {"models_per_device": ensemble.per_device, "devices": ensemble.devices,
                            "ms_per_model_step": 1e3 * per_model_step,
                            "model_steps_per_second": 1 / per_model_step,
-                           "first_call_seconds": compile_seconds}
+                           "first_call_seconds": first_call}
     return layouts
 
 
