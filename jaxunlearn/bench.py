@@ -106,9 +106,6 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
         raise UserError(f"`models` must be >= 1, got {config.models}")
     if config.models > 1:
         make_ensemble(config.models, Execution(devices=config.devices, backend=config.backend))
-    if config.batch % devices:
-        raise UserError(f"`batch` {config.batch} must be a multiple of the {devices} devices "
-                        "(each device takes an equal share of the forget and of the retain images)")
 
 
 def synthetic_labels(config: BenchConfig) -> np.ndarray:

@@ -21,6 +21,7 @@ def contrastive_unlearning_rows(
     *,
     temperature: float,
     mode: Mode,
+    r_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Per-anchor contrastive unlearning loss, official `Loss_v1` arithmetic.
 
@@ -32,6 +33,8 @@ def contrastive_unlearning_rows(
       temperature: τ (the official base temperature equals τ, so the τ/τ_b factor is 1).
       mode: "class" adds the official `single_class` +1 to the same-class denominator of an anchor
         that has no same-class retain sample; "sample" (`random_sample`) does not.
+      r_mask: [B_r], 1 for a real retain sample and 0 for a padding slot, or None (all real). Padding
+        columns are left out of S_i, D_i, the row maximum and the count B_r of the official weighting.
 
     Returns:
       [B_u] loss of each anchor: −Σ_j logprob_ij / |D_i| with
@@ -46,11 +49,17 @@ def contrastive_unlearning_rows(
     if mode not in ("class", "sample"):
         raise ValueError(f"mode must be 'class' or 'sample', got {mode!r}")
     logits = u_feat @ r_feat.T / temperature
-    logits = logits - jax.lax.stop_gradient(logits.max(axis=1, keepdims=True))
+    if r_mask is None:
+        real = jnp.ones(r_labels.shape, bool)
+        row_max = logits.max(axis=1, keepdims=True)
+    else:
+        real = r_mask > 0
+        row_max = jnp.max(jnp.where(real[None, :], logits, -jnp.inf), axis=1, keepdims=True)
+    logits = logits - jax.lax.stop_gradient(row_max)
     exp_logits = jnp.exp(logits) + 1e-20
-    same = u_labels[:, None] == r_labels[None, :]
+    same = (u_labels[:, None] == r_labels[None, :]) & real[None, :]
     num_same = same.sum(axis=1)
-    num_diff = r_labels.shape[0] - num_same
+    num_diff = real.sum() - num_same
     same_mass = jnp.sum(exp_logits * same, axis=1)
     if mode == "class":
         same_mass = same_mass + (num_same == 0)
@@ -58,7 +67,11 @@ def contrastive_unlearning_rows(
     else:
         valid = (num_same > 0) & (num_diff > 0)
     log_same_mass = jnp.log(jnp.where(valid, same_mass, 1.0))
-    log_prob = jnp.where(same, 0.0, logits) - log_same_mass[:, None]
+    if r_mask is None:
+        log_prob = jnp.where(same, 0.0, logits) - log_same_mass[:, None]
+    else:
+        log_prob = jnp.where(same | ~real[None, :], 0.0, logits - log_same_mass[:, None])
+        log_prob = log_prob - jnp.where(same, log_same_mass[:, None], 0.0)
     rows = -jnp.sum(log_prob, axis=1) / jnp.maximum(num_diff, 1)
     return jnp.where(valid, rows, 0.0)
 
@@ -83,6 +96,11 @@ def contrastive_unlearning_loss(
     return rows.mean()
 
 
+def sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax cross-entropy of each sample. logits [B, C], labels [B] int → [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy. logits [B, C], labels [B] int → scalar."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return sample_cross_entropy(logits, labels).mean()

@@ -103,7 +103,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     plans = [lambda epoch, seed=seed, pool=pool: supervised_plan(pool, config.recipe.batch_size,
                                                                  np.random.default_rng([seed, epoch]))
              for seed, pool in zip(members, pools)]
-    ensemble = _ensemble(seeds, execution, config.recipe.batch_size)
+    ensemble = _ensemble(seeds, execution)
     first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
     if ensemble is not None:
         stack_plans(first)
@@ -159,10 +159,12 @@ def _check_subsets(subsets: np.ndarray, models: int, train_size: int) -> list[np
     return list(subsets.astype(np.int64))
 
 
-def _ensemble(seeds: Sequence[int] | None, execution: Execution, batch_size: int) -> Ensemble | None:
-    """The layout of a run of several models, or None for one model (whose batch must fit the devices)."""
+def _ensemble(seeds: Sequence[int] | None, execution: Execution) -> Ensemble | None:
+    """The layout of a run of several models, or None for one model. Either way a device count the
+    machine does not have is refused here, before anything is written. Any batch runs on any device count
+    (`pad_to_devices`)."""
     if seeds is None:
-        _check_batch_size(batch_size, execution.mesh())
+        execution.mesh()
         return None
     return make_ensemble(len(seeds), execution)
 
@@ -200,17 +202,6 @@ def _final_metrics(state: TrainState, ensemble: Ensemble | None, seeds: Sequence
         return {**evaluate(0, state), **totals}
     models = [evaluate(k, take(state, k)) for k in range(ensemble.count)]
     return {"seeds": [int(seed) for seed in seeds], "models": models, **totals}
-
-
-def _check_batch_size(batch_size: int, mesh) -> None:
-    """UserError when the configured batch does not split evenly over the mesh's devices.
-
-    Smaller batches of a plan (a remainder, a forget set smaller than the batch) are widened by the engine.
-    """
-    devices = mesh.devices.size
-    if batch_size % devices:
-        raise UserError(f"batch size {batch_size} is not a multiple of the {devices} devices; "
-                        f"choose a multiple or a number of `devices` that divides it")
 
 
 def source_config(source: str | Path) -> TrainConfig:
@@ -283,7 +274,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
                         mean=tuple(dataset.mean), std=tuple(dataset.std))
                 for seed, split in zip(members, splits)]
     plans = [lambda epoch, context=context: method.plan(hparams, context, epoch) for context in contexts]
-    ensemble = _ensemble(seeds, execution, hparams.batch_size)
+    ensemble = _ensemble(seeds, execution)
     first = [plan(0) for plan in plans]  # the method's own checks of its plan, before anything is written
     if ensemble is not None:
         stack_plans(first)

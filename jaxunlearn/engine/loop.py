@@ -29,8 +29,8 @@ from jaxunlearn.engine.ensemble import (
     Ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack_plans, take,
 )
 from jaxunlearn.engine.parallel import (
-    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, fit_to_devices, is_main_process, local_replica,
-    replicate, shard_columns,
+    AXIS, BACKENDS, EPOCH_LOOPS, PADDING_MASK, Backend, EpochLoop, Execution, is_main_process, local_replica,
+    pad_to_devices, replicate, shard_columns,
 )
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.errors import TrainingDiverged, UserError
@@ -56,6 +56,10 @@ class StepContext:
     epoch: int32 [] 0-based epoch; step: int32 [] optimizer steps taken before this one.
     forward: (params, batch_stats, images) → (logits, feat) of the run's architecture in eval mode, for
       frozen copies (a teacher, the original model).
+    mask: float [B_local], 1 for a real sample and 0 for a padding slot of a batch widened to the device
+      count (`pad_to_devices`); None when the step's batch has no padding. A loss passes it to the model in
+      training mode (`model(images, train=True, mask=step.mask)`, for the BatchNorm statistics) and averages
+      per-sample values with `mean`.
     """
 
     columns: dict[str, jax.Array]
@@ -64,12 +68,35 @@ class StepContext:
     epoch: jax.Array
     step: jax.Array
     forward: Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, jax.Array]]
+    mask: jax.Array | None = None
+
+    def mean(self, values: jax.Array) -> jax.Array:
+        """This device's share of the mean of `values` [B_local, ...] (per sample, any trailing axes) over
+        the real samples of the global batch (the engine averages the devices' shares): `values.mean()`
+        when there is no padding."""
+        if self.mask is None:
+            return values.mean()
+        return global_weighted_mean(values, self.mask)
+
+
+def global_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """This device's share of Σ w·v / Σ w over the batch of all devices on `AXIS`.
+
+    values: [B_local, ...], weights: [B_local] (trailing axes of `values` are averaged with equal weight).
+    Returns D·Σ_local w·v / Σ_global w, whose average over the D devices (what the engine takes) is the
+    weighted mean of the global batch; a device whose weights are all 0 contributes 0.
+    """
+    devices = jax.lax.psum(1, AXIS)
+    per_sample = values.size // values.shape[0]
+    total_weight = jax.lax.psum(jnp.sum(weights), AXIS) * per_sample
+    weights = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
+    return devices * jnp.sum(weights * values) / total_weight
 
 
 LossFn = Callable[[nnx.Module, Batch, StepContext], tuple[jax.Array, dict[str, jax.Array]]]
-"""(model in train mode, batch, context) → (scalar loss, named scalar parts), both the mean over this
-device's shard of the batch. The engine averages them over the devices, so with equal shards the loss is
-the one of the global batch; a loss that needs other devices' samples gathers them over `AXIS`."""
+"""(model in train mode, batch, context) → (scalar loss, named scalar parts), each this device's share of
+the mean over the global batch's real samples (`StepContext.mean`). The engine averages them over the
+devices; a loss that needs other devices' samples gathers them over `AXIS`."""
 
 
 def eval_forward(graphdef: nnx.GraphDef):
@@ -96,11 +123,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     def train_step(images, labels, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
         batch = {role: gather_batch(images, labels, columns[role], mean, std)
                  for role in DATA_ROLES if role in columns}
+        mask = columns[PADDING_MASK].astype(jnp.result_type(float)) if PADDING_MASK in columns else None
 
         def objective(params, extra):
             model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
             context = StepContext(columns=columns, aux=aux, extra=extra, epoch=epoch, step=state.step,
-                                  forward=forward)
+                                  forward=forward, mask=mask)
             loss, parts = loss_fn(model, batch, context)
             if backend == "shard_map":  # differentiate the global loss; its gradient is already reduced
                 loss = jax.lax.pmean(loss, AXIS)
@@ -210,12 +238,12 @@ def _row(block: dict[str, Any], row: int) -> dict[str, Any]:
 def place_blocks(blocks: Sequence[Block], mesh: jax.sharding.Mesh, backend: Backend) -> tuple:
     """Put an epoch plan on the mesh for `make_epoch_fn`: batch columns split over the devices.
 
-    A block whose batch width does not divide by the device count is widened (`fit_to_devices`).
+    A block whose batch width does not divide by the device count is padded (`pad_to_devices`).
     """
     devices = mesh.devices.size
     placed = []
     for block in blocks:
-        block = fit_to_devices(block, devices)
+        block = pad_to_devices(block, devices)
         if backend == "pmap":  # [steps, B] → [steps, this process's devices, B / devices]
             local = mesh.devices.size // jax.process_count()
             first = jax.process_index() * local

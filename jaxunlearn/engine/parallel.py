@@ -123,17 +123,26 @@ def shard_columns(block: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict
     return {name: place(columns) for name, columns in block.items()}
 
 
-def fit_to_devices(block: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
-    """Widen a block whose batch width B is not a multiple of `devices` by repeating its first columns.
+PADDING_MASK = "real"
+"""The plan column a padded block carries: int32 [steps, B], 1 for a real sample, 0 for a padding slot."""
 
-    Only partial batches (a method's remainder) are ever affected: on D devices a batch of B samples
-    becomes ceil(B/D)·D samples, the first few used twice. Full batches must divide evenly (checked).
+
+def pad_to_devices(block: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
+    """Widen a block whose batch width B is not a multiple of `devices` to the next multiple.
+
+    The padding slots repeat the block's first columns (so every index stays valid for the gather) and the
+    block gains the column `PADDING_MASK`, 0 on them: the step excludes them from every loss, metric and
+    BatchNorm statistic (`StepContext.mean`, `StepContext.mask`). A block that divides is returned as it is,
+    without the column, so a run whose batches all divide compiles and computes exactly as before.
     """
     width = next(iter(block.values())).shape[1]
     if width % devices == 0:
         return block
     repeated = np.arange(-width % devices) % width
-    return {name: np.concatenate([columns, columns[:, repeated]], axis=1) for name, columns in block.items()}
+    padded = {name: np.concatenate([columns, columns[:, repeated]], axis=1) for name, columns in block.items()}
+    steps = next(iter(block.values())).shape[0]
+    real = np.broadcast_to(np.arange(width + len(repeated)) < width, (steps, width + len(repeated)))
+    return {**padded, PADDING_MASK: real.astype(np.int32)}
 
 
 def local_replica(tree: Any) -> Any:

@@ -41,10 +41,10 @@ class BadTeacherHparams(Hparams):
             raise UserError(f"retain_fraction must be in [0, 1], got {self.retain_fraction}")
 
 
-def bad_teacher_loss(student_logits: jax.Array, competent_logits: jax.Array, incompetent_logits: jax.Array,
-                     forget_flag: jax.Array, temperature: float) -> jax.Array:
-    """(1/(B·C))·Σ_i Σ_c p_ic·[log p_ic − log softmax(z_s,i/τ)_c], p_i = softmax(T_i/τ) if flag_i else
-    softmax(T_c/τ).
+def bad_teacher_terms(student_logits: jax.Array, competent_logits: jax.Array, incompetent_logits: jax.Array,
+                      forget_flag: jax.Array, temperature: float) -> jax.Array:
+    """The terms p_ic·[log p_ic − log softmax(z_s,i/τ)_c] [B, C], p_i = softmax(T_i/τ) if flag_i else
+    softmax(T_c/τ); their mean over B and C is the official loss (KLDivLoss, reduction "mean").
 
     student_logits, competent_logits, incompetent_logits: [B, C]; forget_flag: int [B] (1 = forget sample).
     0·log 0 counts as 0, as in PyTorch.
@@ -52,7 +52,7 @@ def bad_teacher_loss(student_logits: jax.Array, competent_logits: jax.Array, inc
     target = jnp.where(forget_flag[:, None] == 1, jax.nn.softmax(incompetent_logits / temperature, axis=1),
                        jax.nn.softmax(competent_logits / temperature, axis=1))
     log_student = jax.nn.log_softmax(student_logits / temperature, axis=1)
-    return jnp.mean(jax.scipy.special.xlogy(target, target) - target * log_student)
+    return jax.scipy.special.xlogy(target, target) - target * log_student
 
 
 def retain_sample(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -88,9 +88,9 @@ class BadTeacher(Method):
             flag = step.columns["forget_flag"]
             competent = step.forward(*step.aux["competent"], images)[0]
             incompetent = step.forward(*step.aux["incompetent"], images)[0]
-            logits, _ = model(images, train=True)
-            value = bad_teacher_loss(logits, jax.lax.stop_gradient(competent), jax.lax.stop_gradient(incompetent),
-                                     flag, hparams.temperature)
-            return value, {"forget_fraction": jnp.mean(flag.astype(jnp.float32))}
+            logits, _ = model(images, train=True, mask=step.mask)
+            terms = bad_teacher_terms(logits, jax.lax.stop_gradient(competent), jax.lax.stop_gradient(incompetent),
+                                      flag, hparams.temperature)
+            return step.mean(terms), {"forget_fraction": step.mean(flag.astype(jnp.float32))}
 
         return loss

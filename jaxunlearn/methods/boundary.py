@@ -31,7 +31,7 @@ import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Block, StepContext
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, register, shuffled_blocks
 
 
@@ -135,9 +135,9 @@ class BoundaryShrink(Method):
                 frozen, images, labels, context.mean, context.std,
                 bound=hparams.bound, step=step_size, iterations=iterations))
             neighbour_labels = jnp.argmax(jax.lax.stop_gradient(frozen(neighbours)), axis=1)
-            logits, _ = model(images, train=True)
-            return cross_entropy(logits, neighbour_labels), {
-                "attack_success": jnp.mean((neighbour_labels != labels).astype(jnp.float32))}
+            logits, _ = model(images, train=True, mask=step.mask)
+            return step.mean(sample_cross_entropy(logits, neighbour_labels)), {
+                "attack_success": step.mean((neighbour_labels != labels).astype(jnp.float32))}
 
         return loss
 
@@ -176,9 +176,10 @@ class BoundaryExpand(Method):
 
         def loss(model, batch, step):
             images, _ = batch["forget"]
-            logits, feat = model(images, train=True)
+            logits, feat = model(images, train=True, mask=step.mask)
             wide = widened_logits(logits, feat, step.extra)
-            shadow_rate = jnp.mean((jnp.argmax(wide, axis=1) == shadow_class).astype(jnp.float32))
-            return cross_entropy(wide, jnp.full(images.shape[:1], shadow_class)), {"shadow_rate": shadow_rate}
+            shadow_rate = step.mean((jnp.argmax(wide, axis=1) == shadow_class).astype(jnp.float32))
+            return step.mean(sample_cross_entropy(wide, jnp.full(images.shape[:1], shadow_class))), {
+                "shadow_rate": shadow_rate}
 
         return loss

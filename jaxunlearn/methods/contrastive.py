@@ -15,7 +15,7 @@ import optax
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.parallel import AXIS
 from jaxunlearn.errors import UserError
-from jaxunlearn.losses import contrastive_unlearning_loss, cross_entropy
+from jaxunlearn.losses import contrastive_unlearning_rows, sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, batch_blocks, register
 
 
@@ -82,15 +82,19 @@ class Contrastive(Method):
 
         def loss(model, batch, step):
             (forget_x, forget_y), (retain_x, retain_y) = batch["forget"], batch["retain"]
-            logits, feat = model(jnp.concatenate([forget_x, retain_x]), train=True)
+            # Forget and retain batches are padded alike: one mask for both halves of the joint forward.
+            mask = None if step.mask is None else jnp.concatenate([step.mask, step.mask])
+            logits, feat = model(jnp.concatenate([forget_x, retain_x]), train=True, mask=mask)
             n_forget = forget_x.shape[0]
             # Each device's anchors meet the retain samples of the whole global batch.
-            retain_feat = jax.lax.all_gather(feat[n_forget:], AXIS, tiled=True)
-            contrastive = contrastive_unlearning_loss(
-                feat[:n_forget], retain_feat, forget_y, jax.lax.all_gather(retain_y, AXIS, tiled=True),
+            gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)
+            rows = contrastive_unlearning_rows(
+                feat[:n_forget], gather(feat[n_forget:]), forget_y, gather(retain_y),
                 temperature=hparams.temperature, mode=mode,
+                r_mask=None if step.mask is None else gather(step.mask),
             )
-            ce = cross_entropy(logits[n_forget:], retain_y)
+            contrastive = step.mean(rows)
+            ce = step.mean(sample_cross_entropy(logits[n_forget:], retain_y))
             total = hparams.lambda_ul * contrastive + hparams.lambda_ce * ce
             return total, {"contrastive": contrastive, "cross_entropy": ce}
 

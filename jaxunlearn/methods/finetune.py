@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
 
 
@@ -39,8 +39,8 @@ def retain_pass(context: Context, batch_size: int, epoch: int) -> list[Block]:
 def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):
     """Cross-entropy of the model in train mode on the retain batch; no named parts."""
     images, labels = batch["retain"]
-    logits, _ = model(images, train=True)
-    return cross_entropy(logits, labels), {}
+    logits, _ = model(images, train=True, mask=step.mask)
+    return step.mean(sample_cross_entropy(logits, labels)), {}
 
 
 @register

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
 
 
@@ -37,8 +37,8 @@ def negative_forget_cross_entropy(model: nnx.Module, batch: Batch, step: StepCon
                                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """−CE of the model in train mode on the forget batch; the part `cross_entropy` is +CE."""
     images, labels = batch["forget"]
-    logits, _ = model(images, train=True)
-    ce = cross_entropy(logits, labels)
+    logits, _ = model(images, train=True, mask=step.mask)
+    ce = step.mean(sample_cross_entropy(logits, labels))
     return -ce, {"cross_entropy": ce}
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.config import TrainConfig
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, register
 from jaxunlearn.methods.finetune import Finetune, FinetuneHparams
 
@@ -52,8 +52,8 @@ class L1Sparse(Finetune):
     def loss_fn(self, hparams: L1SparseHparams, context: Context):
         def loss(model, batch, step):
             images, labels = batch["retain"]
-            logits, _ = model(images, train=True)
-            ce = cross_entropy(logits, labels)
+            logits, _ = model(images, train=True, mask=step.mask)
+            ce = step.mean(sample_cross_entropy(logits, labels))
             coefficient = l1_coefficient(hparams.gamma, hparams.epochs, hparams.no_l1_epochs, step.epoch)
             norm = l1_norm(nnx.state(model, nnx.Param))
             return ce + coefficient * norm, {"cross_entropy": ce, "l1_norm": norm, "l1_coefficient": coefficient}

@@ -24,11 +24,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
-from jaxunlearn.engine.loop import Block
-from jaxunlearn.engine.parallel import AXIS
+from jaxunlearn.engine.loop import Block, global_weighted_mean
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register
 
 
@@ -71,17 +70,6 @@ def paired_plan(retain: np.ndarray, forget: np.ndarray, batch_size: int, rng: np
             "forget": forget_columns, "forget_weight": forget_weights}
 
 
-def global_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """This device's share of Σ w·v / Σ w over the batch of all devices on `AXIS`.
-
-    values, weights: [B_local]. Returns D·Σ_local w·v / Σ_global w, whose average over the D devices (what
-    the engine takes) is the weighted mean of the global batch.
-    """
-    devices = jax.lax.psum(1, AXIS)
-    total_weight = jax.lax.psum(jnp.sum(weights), AXIS)
-    return devices * jnp.sum(weights * values) / total_weight
-
-
 @register
 class NegGradPlus(Method):
     name = "neggrad_plus"
@@ -100,10 +88,15 @@ class NegGradPlus(Method):
         train = hparams.batchnorm == "train"
 
         def mean_cross_entropy(model, batch, step, role):
+            """The role's CE over its real samples: its own loader padding and the engine's both weigh 0
+            (BatchNorm skips only the engine's, as one device does)."""
             images, labels = batch[role]
-            logits, _ = model(images, train=train)
-            per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return global_weighted_mean(per_sample, step.columns[f"{role}_weight"].astype(per_sample.dtype))
+            logits, _ = model(images, train=train, mask=step.mask)
+            per_sample = sample_cross_entropy(logits, labels)
+            weights = step.columns[f"{role}_weight"].astype(per_sample.dtype)
+            if step.mask is not None:
+                weights = weights * step.mask
+            return global_weighted_mean(per_sample, weights)
 
         def loss(model, batch, step):
             retain_ce = mean_cross_entropy(model, batch, step, "retain")

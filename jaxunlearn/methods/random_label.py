@@ -19,7 +19,7 @@ from flax import nnx
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.loop import Batch, Block, StepContext
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
 
 RANDOM_LABEL = "random_label"
@@ -67,8 +67,8 @@ def random_label_loss(model: nnx.Module, batch: Batch, step: StepContext) -> tup
         labels = step.columns[RANDOM_LABEL]
     else:
         images, labels = batch["retain"]
-    logits, _ = model(images, train=True)
-    return cross_entropy(logits, labels), {}
+    logits, _ = model(images, train=True, mask=step.mask)
+    return step.mean(sample_cross_entropy(logits, labels)), {}
 
 
 @register

@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.errors import UserError
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, register, shuffled_blocks, torch_sgd
 
 
@@ -68,15 +68,17 @@ def parse_epochs(text: str) -> tuple[int, ...]:
         raise UserError(f"lr_decay_epochs must be comma-separated integers, got {text!r}") from None
 
 
-def distill_kl(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float) -> jax.Array:
-    """RepDistiller DistillKL: (T²/B)·Σ_i Σ_c p_T(z_t)_ic·[log p_T(z_t)_ic − log p_T(z_s)_ic].
-
-    teacher_logits, student_logits: [B, C] → scalar (a mean over the B samples).
-    """
+def sample_distill_kl(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float) -> jax.Array:
+    """Σ_c p_T(z_t)_ic·[log p_T(z_t)_ic − log p_T(z_s)_ic] of each sample: teacher_logits, student_logits
+    [B, C] → [B]."""
     log_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=1)
     log_student = jax.nn.log_softmax(student_logits / temperature, axis=1)
-    per_sample = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=1)
-    return temperature**2 * per_sample.mean()
+    return jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=1)
+
+
+def distill_kl(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float) -> jax.Array:
+    """RepDistiller DistillKL: T² times the batch mean of `sample_distill_kl`. [B, C], [B, C] → scalar."""
+    return temperature**2 * sample_distill_kl(teacher_logits, student_logits, temperature).mean()
 
 
 def runs_max_pass(epoch: int, msteps: int) -> bool:
@@ -135,11 +137,11 @@ class Scrub(Method):
         def loss(model, batch, step):
             is_max_step = "forget" in batch
             images, labels = batch["forget" if is_max_step else "retain"]
-            logits, _ = model(images, train=True)
+            logits, _ = model(images, train=True, mask=step.mask)
             teacher_params, teacher_stats = step.aux
             teacher_logits = jax.lax.stop_gradient(step.forward(teacher_params, teacher_stats, images)[0])
-            kl = distill_kl(teacher_logits, logits, hparams.temperature)
-            ce = cross_entropy(logits, labels)
+            kl = hparams.temperature**2 * step.mean(sample_distill_kl(teacher_logits, logits, hparams.temperature))
+            ce = step.mean(sample_cross_entropy(logits, labels))
             total = -kl if is_max_step else hparams.gamma * ce + hparams.alpha * kl
             return total, {"kl": kl, "cross_entropy": ce, "max_step": jnp.float32(is_max_step)}
 

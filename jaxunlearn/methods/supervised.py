@@ -7,7 +7,7 @@ from flax import nnx
 
 from jaxunlearn.config import SupervisedHparams
 from jaxunlearn.engine.loop import Batch, Block, StepContext
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Schedule
 
@@ -40,5 +40,5 @@ def supervised_plan(indices: np.ndarray, batch_size: int, rng: np.random.Generat
 def supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
     """Cross-entropy of the model in train mode on batch["train"]."""
     images, labels = batch["train"]
-    logits, _ = model(images, train=True)
-    return cross_entropy(logits, labels), {}
+    logits, _ = model(images, train=True, mask=context.mask)
+    return context.mean(sample_cross_entropy(logits, labels)), {}

@@ -33,7 +33,7 @@ import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.errors import UserError
-from jaxunlearn.losses import cross_entropy
+from jaxunlearn.losses import cross_entropy, sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, mixed_blocks, register, shuffled_blocks
 
 
@@ -183,8 +183,8 @@ class Unsir(Method):
                 safe = jnp.maximum(index, 0)
                 images = jnp.where(is_noise[:, None, None, None], step.aux["images"][safe], images)
                 labels = jnp.where(is_noise, step.aux["labels"][safe], labels)
-                noise_fraction = jnp.mean(is_noise.astype(jnp.float32))
-            logits, _ = model(images, train=True)
-            return cross_entropy(logits, labels), {"noise_fraction": noise_fraction}
+                noise_fraction = step.mean(is_noise.astype(jnp.float32))
+            logits, _ = model(images, train=True, mask=step.mask)
+            return step.mean(sample_cross_entropy(logits, labels)), {"noise_fraction": noise_fraction}
 
         return loss

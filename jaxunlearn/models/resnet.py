@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.errors import UserError
+from jaxunlearn.models.batch_norm import MaskedBatchNorm
 
 # PyTorch kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2 / (k*k*out)).
 CONV_KERNEL_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -55,8 +56,8 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, rn
     )
 
 
-def _batch_norm(channels: int, axis_name: str | None, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=axis_name, rngs=rngs)
+def _batch_norm(channels: int, axis_name: str | None, rngs: nnx.Rngs) -> MaskedBatchNorm:
+    return MaskedBatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=axis_name, rngs=rngs)
 
 
 def _linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -76,8 +77,8 @@ class Shortcut(nnx.Module):
         self.conv = _conv(in_channels, out_channels, 1, stride, rngs)
         self.bn = _batch_norm(out_channels, bn_axis_name, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return self.bn(self.conv(x), use_running_average=not train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        return self.bn(self.conv(x), use_running_average=not train, mask=mask)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, bn_axis_name: str | None,
@@ -101,10 +102,10 @@ class BasicBlock(nnx.Module):
         self.bn2 = _batch_norm(planes, bn_axis_name, rngs)
         self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        y = self.bn2(self.conv2(y), use_running_average=not train)
-        residual = x if self.shortcut is None else self.shortcut(x, train=train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train, mask=mask))
+        y = self.bn2(self.conv2(y), use_running_average=not train, mask=mask)
+        residual = x if self.shortcut is None else self.shortcut(x, train=train, mask=mask)
         return nnx.relu(y + residual)
 
 
@@ -123,11 +124,11 @@ class Bottleneck(nnx.Module):
         self.bn3 = _batch_norm(out_channels, bn_axis_name, rngs)
         self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        y = nnx.relu(self.bn2(self.conv2(y), use_running_average=not train))
-        y = self.bn3(self.conv3(y), use_running_average=not train)
-        residual = x if self.shortcut is None else self.shortcut(x, train=train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train, mask=mask))
+        y = nnx.relu(self.bn2(self.conv2(y), use_running_average=not train, mask=mask))
+        y = self.bn3(self.conv3(y), use_running_average=not train, mask=mask)
+        residual = x if self.shortcut is None else self.shortcut(x, train=train, mask=mask)
         return nnx.relu(y + residual)
 
 
@@ -185,10 +186,10 @@ class ResNetEncoder(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.output_dim = channels
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        y = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train, mask=mask))
         for block in self.blocks:
-            y = block(y, train=train)
+            y = block(y, train=train, mask=mask)
         return jnp.mean(y, axis=(1, 2))
 
 
@@ -228,9 +229,14 @@ class SupConResNet(nnx.Module):
         self.head_out = _linear(hidden_dim, feature_dim, rngs)
         self.classifier = _linear(feature_dim, num_classes, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        """x: float [B, H, W, C] (already normalised) -> (logits [B, num_classes], feat [B, feature_dim])."""
-        h = self.encoder(x, train=train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """x: float [B, H, W, C] (already normalised) -> (logits [B, num_classes], feat [B, feature_dim]).
+
+        mask: [B], 1 for a real sample and 0 for a padding slot, or None: in training mode the BatchNorm
+        statistics count only the real samples (`MaskedBatchNorm`).
+        """
+        h = self.encoder(x, train=train, mask=mask)
         g = self.head_out(nnx.relu(self.head_hidden(h)))
         feat = relu_l2_normalise(g)
         return self.classifier(feat), feat

@@ -1,0 +1,40 @@
+"""BatchNorm whose training statistics skip padding slots, across devices.
+
+A batch padded to a multiple of the device count (`jaxunlearn.engine.parallel.pad_to_devices`) carries a
+mask: 1 for a real sample, 0 for a padding slot. Flax's own `BatchNorm(mask=)` averages each device's
+masked mean over the devices (`pmean`), which is wrong when the devices hold different numbers of real
+samples and NaN on a device that holds none. Here the sums and the counts are reduced over the axis first.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MaskedBatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` over the last (feature) axis, with a per-sample mask in training mode.
+
+    mask: [B] (1 real, 0 padding) or None. With a mask and batch statistics, the statistics are
+    mean = Σ_devices Σ_{b,h,w} m_b·x / Σ_devices Σ_{b,h,w} m_b and var = E[x²] − mean² (Flax's fast variance),
+    reduced over `axis_name` when it is set; the running statistics are updated with them as Flax does.
+    Without a mask, or with running statistics, it is `nnx.BatchNorm` exactly.
+    """
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None) -> jax.Array:
+        if mask is None or use_running_average:
+            return super().__call__(x, use_running_average)
+        dtype = jnp.promote_types(x.dtype, jnp.float32)
+        x = jnp.asarray(x, dtype)
+        weights = jnp.asarray(mask, dtype).reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+        axes = tuple(range(x.ndim - 1))
+        sums = jnp.stack([jnp.sum(weights * x, axes), jnp.sum(weights * jnp.square(x), axes)])
+        count = jnp.sum(weights) * (x[..., 0].size // x.shape[0])
+        if self.axis_name is not None:
+            sums, count = jax.lax.psum((sums, count), self.axis_name)
+        mean, mean_square = sums[0] / count, sums[1] / count
+        var = jnp.maximum(0.0, mean_square - jnp.square(mean))
+        self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...])
+        return y + self.bias[...]
