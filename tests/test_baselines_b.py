@@ -27,7 +27,7 @@ from jaxunlearn.losses import cross_entropy
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.bad_teacher import bad_teacher_terms
 from jaxunlearn.methods.boundary import linf_neighbours, shadow_init, widened_logits
-from jaxunlearn.methods.scrub import distill_kl, epoch_learning_rate, scrub_schedule
+from jaxunlearn.methods.scrub import epoch_learning_rate, sample_distill_kl, scrub_schedule
 from jaxunlearn.methods.unsir import impair_columns, learn_noise, unsir_optimizer
 from jaxunlearn.models import create_model
 from jaxunlearn.runs import obtain_split, source_config
@@ -182,6 +182,11 @@ def kl_t64(teacher, student, temperature):
     value = temperature**2 / batch * np.sum(np.exp(log_t) * (log_t - log_s))
     gradient = temperature / batch * (np.exp(log_s) - np.exp(log_t))
     return value, gradient
+
+
+def distill_kl(teacher_logits, student_logits, temperature):
+    """DistillKL as SCRUB's loss computes it on an unpadded batch: T² times the mean of the per-sample KL."""
+    return temperature**2 * sample_distill_kl(teacher_logits, student_logits, temperature).mean()
 
 
 def test_distill_kl_matches_float64_numpy_in_value_and_gradient():

@@ -191,8 +191,6 @@ def test_bad_device_settings(tmp_path, digits_run, capsys):
     workdir = tmp_path / "w"
     assert run_cli("train", "--devices", "0", "--workdir", workdir) == 2
     assert "--devices must be between 1 and the 8 available" in error_line(capsys)
-    assert run_cli("train", "--devices", "3", "--batch-size", "64", "--workdir", workdir) == 2
-    assert "batch size 64 is not a multiple of the 3 devices" in error_line(capsys)
     assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
                    "--workdir", workdir, "--coordinator", "nowhere") == 2
     assert "HOST:PORT" in error_line(capsys)
@@ -200,13 +198,50 @@ def test_bad_device_settings(tmp_path, digits_run, capsys):
 
 
 def test_pmap_backend_unlearns_on_two_devices(digits_run, tmp_path):
-    """The CU remainder batch (146 mod 64 = 18 forget samples) divides by 2: no widening."""
+    """The CU remainder batch (146 mod 64 = 18 forget samples) divides by 2: no padding."""
     source, _ = digits_run
     workdir = tmp_path / "pmap"
     assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
                    "--workdir", workdir, "--epochs", "1", "--devices", "2", "--backend", "pmap") == 0
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 * 4 and all(np.isfinite(line["loss"]) for line in lines)
+
+
+def step_losses(run) -> np.ndarray:
+    return np.array([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
+
+
+@pytest.mark.slow
+def test_a_whole_float32_cu_run_takes_the_same_steps_on_1_and_8_devices(digits_run, tmp_path):
+    """CU on class 5 to its end: every epoch's last forget batch of 18 is padded to 24 on 8 devices.
+
+    Tolerance: per-step losses within 1e-3 relative of the 1-device run. Only the order of float32 sums
+    differs, and its rounding grows through ReLU kinks over the run's 192 steps: measured 2.3e-4 under
+    shard_map and 2.0e-4 under pmap (2 processes × 4 against 1 × 8 drift as much). Repeating samples
+    instead of masking them was off by 8e-2 from the first padded step on.
+    """
+    source, _ = digits_run
+    runs = {}
+    for devices, backend in ((1, "shard_map"), (8, "shard_map"), (8, "pmap")):
+        runs[devices, backend] = tmp_path / f"{devices}-{backend}"
+        assert run_cli("unlearn", "--method", "contrastive", "--forget", "class:5", "--from", source,
+                       "--workdir", runs[devices, backend], "--devices", str(devices), "--backend", backend) == 0
+    one = step_losses(runs[1, "shard_map"])
+    assert len(one) > 12 and np.all(np.isfinite(one))  # more than one epoch of 3 forget batches × ω 4
+    for key in ((8, "shard_map"), (8, "pmap")):
+        np.testing.assert_allclose(step_losses(runs[key]), one, rtol=1e-3)
+
+
+def test_a_batch_of_100_runs_on_8_devices(digits_run, tmp_path):
+    """100 does not divide by 8: every batch of 100 is padded to 104 (the last, of 92, to 96), not refused."""
+    source, _ = digits_run
+    runs = [tmp_path / "1", tmp_path / "8"]
+    for devices, run in zip((1, 8), runs):
+        assert run_cli("unlearn", "--method", "finetune", "--forget", "class:5", "--from", source, "--workdir",
+                       run, "--epochs", "1", "--batch-size", "100", "--devices", str(devices)) == 0
+    one, eight = step_losses(runs[0]), step_losses(runs[1])
+    assert len(one) == -(-(1438 - 146) // 100)  # every retain sample once, in batches of 100
+    np.testing.assert_allclose(eight, one, rtol=1e-3)  # the policy of the test above
 
 
 def test_library_errors_are_shown_in_flags():

@@ -5,7 +5,9 @@ Both layouts run the same per-device computation on the same 8 shards; only the 
 losses must therefore agree to float32 rounding, rtol 1e-5; a wrong layout (a missing gradient or BatchNorm
 reduction, a shard fed twice) shows from the first step. Later float32 steps drift apart through ReLU
 kinks (measured here: equal to 1e-6 for 15 steps, 1e-4 at step 17, 1e-2 by step 40; see
-tests/test_parallel.py for the mechanism), so they are only required to exist and be finite.
+tests/test_parallel.py for the mechanism), so they are only required to exist and be finite. The CU run has
+a partial forget batch in every epoch (146 = 64 + 64 + 18; 18 is padded to 24 with masked slots) and stays
+within the whole-run policy of tests/test_cli.py, 1e-3 relative, at every step.
 """
 
 import json
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 TRAIN = ["train", "--dataset", "digits", "--width", "0.125", "--epochs", "1", "--batch-size", "64"]
 EXACT_STEPS = 10
-UNLEARN = ["unlearn", "--method", "contrastive", "--forget", "class:5", "--epochs", "1"]
+UNLEARN = ["unlearn", "--method", "contrastive", "--forget", "class:5", "--epochs", "2"]
 
 
 def free_port() -> int:
@@ -79,6 +81,9 @@ def test_training_in_two_processes_matches_one_process_of_eight_devices(runs):
 
 
 def test_contrastive_unlearning_in_two_processes_matches_one_process(runs):
-    assert_same_losses(step_losses(runs / "cu-2x4"), step_losses(runs / "cu-1x8"))
+    two, one = step_losses(runs / "cu-2x4"), step_losses(runs / "cu-1x8")
+    assert len(two) == 2 * 3 * 4  # 2 epochs of 3 forget batches, each ω = 4 times
+    assert_same_losses(two, one)
+    np.testing.assert_allclose(two, one, rtol=1e-3)
     lines = (runs / "cu-2x4" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(json.loads(line)["step"] for line in lines))  # written by one process only

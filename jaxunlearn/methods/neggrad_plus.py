@@ -21,8 +21,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn.config import Hparams, TrainConfig

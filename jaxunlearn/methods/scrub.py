@@ -70,15 +70,10 @@ def parse_epochs(text: str) -> tuple[int, ...]:
 
 def sample_distill_kl(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float) -> jax.Array:
     """Σ_c p_T(z_t)_ic·[log p_T(z_t)_ic − log p_T(z_s)_ic] of each sample: teacher_logits, student_logits
-    [B, C] → [B]."""
+    [B, C] → [B]. RepDistiller's DistillKL is T² times its batch mean."""
     log_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=1)
     log_student = jax.nn.log_softmax(student_logits / temperature, axis=1)
     return jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=1)
-
-
-def distill_kl(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float) -> jax.Array:
-    """RepDistiller DistillKL: T² times the batch mean of `sample_distill_kl`. [B, C], [B, C] → scalar."""
-    return temperature**2 * sample_distill_kl(teacher_logits, student_logits, temperature).mean()
 
 
 def runs_max_pass(epoch: int, msteps: int) -> bool:

@@ -34,7 +34,8 @@ class MaskedBatchNorm(nnx.BatchNorm):
             sums, count = jax.lax.psum((sums, count), self.axis_name)
         mean, mean_square = sums[0] / count, sums[1] / count
         var = jnp.maximum(0.0, mean_square - jnp.square(mean))
-        self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
-        self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        for running, batch in ((self.mean, mean), (self.var, var)):
+            updated = self.momentum * running[...] + (1 - self.momentum) * batch
+            running[...] = jax.lax.stop_gradient(updated).astype(running.dtype)
         y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...])
         return y + self.bias[...]
