@@ -14,7 +14,8 @@ from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PAIRINGS, parse_forget
-from jaxunlearn.engine.parallel import BACKENDS, EPOCH_LOOPS, Execution, initialize_distributed, is_main_process
+from jaxunlearn.engine.parallel import (BACKENDS, COORDINATOR_TIMEOUT, EPOCH_LOOPS, Execution, initialize_distributed,
+                                         is_main_process)
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
 
@@ -35,6 +36,9 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
     group.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
     group.add_argument("--process-id", type=int, help="multi-process run: this process's index")
+    group.add_argument("--coordinator-timeout", type=int, default=COORDINATOR_TIMEOUT, metavar="SECONDS",
+                       help="multi-process run: how long to wait for the coordinator and the other processes "
+                            "(default %(default)s)")
     group.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() with auto-detection (Cloud TPU, SLURM, MPI)")
 
@@ -288,9 +292,11 @@ def _bench(args: argparse.Namespace) -> None:
     import jax
 
     from jaxunlearn.bench import BenchConfig, format_report, run_bench
-    from jaxunlearn.files import write_json
+    from jaxunlearn.files import check_writable, write_json
 
     jax.config.update("jax_enable_compilation_cache", False)  # time real compilations, not cache reads
+    if args.json:
+        check_writable(args.json, "`json`")
     config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
                          backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,
@@ -338,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ulira": _ulira}
     try:
         if "coordinator" in args:
-            initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
+                                   timeout=args.coordinator_timeout)
         _configure_libraries()
         handlers[args.command](args)
     except UserError as error:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -71,6 +72,26 @@ class TrainConfig:
     recipe: SupervisedHparams = SupervisedHparams()
     train_size: int | None = None
     test_size: int | None = None
+
+    def validate(self) -> None:
+        """UserError for a value out of range (the dataset's own sizes are checked when it is loaded)."""
+        if not DATASET_NAME.fullmatch(self.dataset):
+            raise UserError(f"dataset must be a name (digits, fashion_mnist or a TFDS name such as cifar10), "
+                            f"got {self.dataset!r}; a directory goes in `data_dir`")
+        if not (math.isfinite(self.width) and 0 < self.width <= MAX_WIDTH):
+            raise UserError(f"width must be in (0, {MAX_WIDTH}], got {self.width}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be in [0, 2^32), got {self.seed}")
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.recipe.validate()
+
+
+DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9.]+)?")
+"""A dataset name: digits, fashion_mnist, or a TFDS name with an optional config and version."""
+MAX_WIDTH = 16.0
+"""The widest channel multiplier accepted: ResNet-18 at width 16 has 2.9 billion parameters."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
 from jaxunlearn.data.splits import ForgetSpec
-from jaxunlearn.files import write_json
+from jaxunlearn.files import check_writable, write_json
 from jaxunlearn.run import training_data
 from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn
 
@@ -21,6 +21,8 @@ COLUMNS = ("forget_train_acc", "forget_test_acc", "retain_train_acc", "test_acc"
 
 def run_demo(workdir: str | None = None, json_path: str | None = None) -> dict[str, dict[str, float]]:
     """Run the three models; print the table; write `json_path` if given. Returns the table's rows."""
+    if json_path:
+        check_writable(json_path, "`json`")
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="jaxunlearn-demo-") as tmp:
             return _run(Path(tmp), json_path)
@@ -38,6 +40,7 @@ def _run(root: Path, json_path: str | None) -> dict[str, dict[str, float]]:
     table = {name: {column: row[column] for column in COLUMNS} for name, row in rows.items()}
     print(format_table(table))
     if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(json_path), table)
     return table
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, as_forget_spec, to_json
+from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, as_forget_spec, override, to_json
 from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
@@ -74,6 +74,13 @@ class ExperimentProtocol:
             raise UserError(f"protocol {self.name}: hparams for methods it does not run: {', '.join(sorted(unknown))}")
         if not self.seeds:
             raise UserError(f"protocol {self.name}: no seeds")
+        self.train.validate()
+        for method, overrides in ((REFERENCE, self.reference_hparams),
+                                  *((method, self.hparams.get(method, {})) for method in self.methods)):
+            try:  # every configuration is resolved and validated before anything is trained
+                override(get_method(method).default_hparams(self.forget.mode, self.train), overrides)
+            except UserError as error:
+                raise UserError(f"protocol {self.name}, {method}: {error}") from None
 
 
 def load_protocol(path: str | Path) -> ExperimentProtocol:
@@ -83,7 +90,11 @@ def load_protocol(path: str | Path) -> ExperimentProtocol:
         raise UserError(f"no protocol file {path}")
     spec = importlib.util.spec_from_file_location(f"jaxunlearn_protocol_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the file is the user's code: any error is its own, shown in one line
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"protocol file {path} fails to import: {type(error).__name__}: {detail}") from None
     protocol = getattr(module, "PROTOCOL", None)
     if not isinstance(protocol, ExperimentProtocol):
         raise UserError(f"{path} defines no PROTOCOL = ExperimentProtocol(...)")

@@ -12,10 +12,14 @@ Run directory:
   metrics.json   the final evaluation
 """
 
+import contextlib
 import dataclasses
 import json
+import math
+import os
 import re
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import write_json
+from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, write_json
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
@@ -48,32 +52,88 @@ SUBSETS_FILE = "subsets.npz"
 """A training run of several models on subsets of the train set: the subsets, int [K, n], with their hash."""
 
 
-def prepare_workdir(workdir: str | Path, config: dict[str, Any]) -> Path:
-    """Create `workdir` holding config.json, or accept it when it holds the same configuration (resume).
+@contextlib.contextmanager
+def open_workdir(workdir: str | Path, config: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Hold `workdir` for a run of `config`: created with config.json, or accepted when it holds an equivalent
+    configuration (a resume). Yields (the directory, the configuration as recorded there).
 
-    In a multi-process run process 0 does this and the others wait for it.
+    The run directory's lock (`RunLock`) is taken before anything is written and released on exit, so one
+    process writes a run directory at a time. A refusal leaves the tree as it was. In a multi-process run
+    process 0 does this and the others wait for it.
     """
+    if not str(workdir).strip():
+        raise UserError("`workdir` is empty")
     path = Path(workdir)
+    lock = None
     if is_main_process():
-        _prepare_workdir(path, json.loads(json.dumps(config)))
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"prepare {path}")
-    return path
+        lock, config = _prepare_workdir(path, json.loads(json.dumps(config)))
+    try:
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"prepare {path}")
+            config = Run(path).config
+        yield path, config
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _prepare_workdir(path: Path, config: dict[str, Any]) -> None:
-    config_file = path / "config.json"
-    if config_file.exists():
-        if json.loads(config_file.read_text()) != config:
-            raise UserError(f"{path} holds a run with another configuration; choose a new `workdir`")
-        return
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"workdir {path} exists and is not an empty directory")
+def _prepare_workdir(path: Path, config: dict[str, Any]) -> tuple[RunLock, dict[str, Any]]:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"workdir {path} exists and is not a directory")
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        write_json(config_file, config)
+        lock = RunLock(path)
     except OSError as error:
+        _remove_created(created)
         raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
+    except BaseException:
+        _remove_created(created)
+        raise
+    try:
+        config_file = path / "config.json"
+        if config_file.exists():
+            stored = Run(path).config
+            if canonical_config(stored) != canonical_config(config):
+                raise UserError(f"{path} holds a run with another configuration; choose a new `workdir`")
+            return lock, stored
+        if any(p.name != LOCK_FILE and not is_leftover(p) for p in path.iterdir()):
+            raise UserError(f"workdir {path} exists and is not an empty directory")
+        for leftover in path.iterdir():
+            if is_leftover(leftover):
+                leftover.unlink()
+        write_json(config_file, config)
+        return lock, config
+    except BaseException as error:
+        lock.release()
+        _remove_created(created)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
+        raise
+
+
+def _remove_created(directory: Path | None) -> None:
+    """Remove the directories a refused run created (they hold at most its lock)."""
+    if directory is not None and directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two configurations the same run: the resolved values, not how they were spelled.
+
+    Drops the raw `--hp` overrides (the resolved hyperparameters are recorded beside them) and every
+    `data_dir` (where the data is, not what it is), and resolves the source path (`./a/../a` is `a`).
+    """
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items() if key != "data_dir"}
+        return value
+    result = strip(config)
+    if isinstance(result.get("config"), dict) and "hparams" in result:
+        result["config"] = {key: item for key, item in result["config"].items() if key != "hparams"}
+    if isinstance(result.get("source"), str):
+        result["source"] = os.path.realpath(result["source"])
+    return result
 
 
 def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
@@ -93,7 +153,8 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
       [K, n] train indices, saved as subsets.npz), on its row. The result (metrics.json) is then
       {"seeds", "models": one metrics dict per model, "seconds", "steps", "epochs"}.
     """
-    config.recipe.validate()
+    config.validate()
+    _check_save_every(save_every_seconds)
     dataset = training_data(config)
     everything = np.arange(len(dataset.train_labels))
     if seeds is None and subsets is not None:
@@ -107,33 +168,58 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
     if ensemble is not None:
         stack_plans(first)
+    check_memory(config, dataset, len(members))
     initial = [model_state(config, dataset, initialise=True, seed=seed) for seed in members]
     graphdef = initial[0][0]
     run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
-    workdir = prepare_workdir(workdir, run_config)
-    meta = {"config_hash": config_hash(run_config)}
-    if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
-        save_indices(workdir / SUBSETS_FILE, np.asarray(subsets))
+    with open_workdir(workdir, run_config) as (workdir, run_config):
+        meta = {"config_hash": config_hash(run_config)}
+        if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
+            save_indices(workdir / SUBSETS_FILE, np.asarray(subsets))
 
-    data = device_data(dataset)
-    tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
-    predict = make_predictor(graphdef, data.mean, data.std)
-    test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
-    procedure = Procedure(
-        loss_fn=supervised_loss, tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
-        evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, _host_labels(dataset),
-                                                 test_part),
-        should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
-    )
-    states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
-    state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
-                      execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
-    metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
-        predict, model.params, model.batch_stats, data, _host_labels(dataset),
-        {"train": ("train", pools[k]), **test_part}))
-    if is_main_process():
-        write_json(workdir / "metrics.json", metrics)
-    return metrics
+        data = device_data(dataset)
+        tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
+        predict = make_predictor(graphdef, data.mean, data.std)
+        test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
+        procedure = Procedure(
+            loss_fn=supervised_loss, tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
+            evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, _host_labels(dataset),
+                                                     test_part),
+            should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
+        )
+        states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
+        state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
+                          execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
+        metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+            predict, model.params, model.batch_stats, data, _host_labels(dataset),
+            {"train": ("train", pools[k]), **test_part}))
+        if is_main_process():
+            write_json(workdir / "metrics.json", metrics)
+        return metrics
+
+
+def _check_save_every(seconds: float) -> None:
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise UserError(f"`save_every` must be a finite number of seconds >= 0, got {seconds}")
+
+
+def check_memory(config: TrainConfig, dataset: Dataset, models: int = 1) -> None:
+    """UserError when `models` of the configuration's model cannot fit: their parameters, gradients,
+    optimizer state and BatchNorm statistics (4 copies of the shapes `eval_shape` gives, activations not
+    counted, so a lower bound) against the first device's free memory (the host's for CPU)."""
+    _, params, batch_stats = model_state(config, dataset, initialise=False)
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, batch_stats)))
+    needed = 4 * size * models
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        available, where = stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{device.platform} device"
+    else:
+        available, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "host"
+    if needed > available:
+        raise UserError(f"{models} × {config.model} at width {config.width} need at least {needed / 2**30:.1f} GiB "
+                        f"(parameters, gradients, optimizer state), more than the {available / 2**30:.1f} GiB "
+                        f"free on the {where}")
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -212,25 +298,47 @@ def source_config(source: str | Path) -> TrainConfig:
     return run.train_config
 
 
-def obtain_split(source: str | Path, dataset: Dataset, spec: ForgetSpec, pairing: Pairing, seed: int) -> Split:
+def obtain_split(source: str | Path, dataset: Dataset, spec: ForgetSpec, pairing: Pairing, seed: int, *,
+                 save: bool = True) -> Split:
     """The split of `forget` for the training run `source`, shared by every method unlearning from it.
 
-    The first call saves it under `source/splits/`; later calls load that file (its hash is checked), so all
-    methods of one experiment forget exactly the same samples.
+    The first call saves it under `source/splits/` (with save=False the caller does, with `keep_split`, once
+    it has validated everything else); later calls load that file, whose hash, recorded request (spec,
+    pairing, seed) and indices are checked against this request and dataset, so all methods of one
+    experiment forget exactly the same samples and a file that does not fit is refused, not used.
     """
-    name = re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{pairing}-seed{seed}.npz"
-    path = Path(source) / "splits" / name
+    path = _split_path(source, spec, pairing, seed)
     if path.exists():
-        return load_split(path)
-    split = make_split(spec, dataset.train_labels, dataset.num_classes, pairing=pairing, seed=seed)
-    if not is_main_process():
+        split = load_split(path)
+        if (str(split.spec), split.pairing, split.seed) != (str(spec), pairing, seed):
+            raise UserError(f"split file {path} holds {split.spec} ({split.pairing}, seed {split.seed}), not "
+                            f"the requested {spec} ({pairing}, seed {seed})")
+        indices = np.concatenate([split.forget, split.retain])
+        if indices.size and (indices.min() < 0 or indices.max() >= len(dataset.train_labels)):
+            raise UserError(f"split file {path} indexes images outside the {len(dataset.train_labels)} "
+                            f"training images of {source}")
         return split
+    split = make_split(spec, dataset.train_labels, dataset.num_classes, pairing=pairing, seed=seed)
+    if save:
+        keep_split(source, split)
+    return split
+
+
+def _split_path(source: str | Path, spec: ForgetSpec, pairing: Pairing, seed: int) -> Path:
+    return Path(source) / "splits" / (re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{pairing}-seed{seed}.npz")
+
+
+def keep_split(source: str | Path, split: Split) -> None:
+    """Save `split` under `source/splits/` unless it is there (process 0). A read-only source run is left as
+    it is: the split is also saved in the unlearning run's own directory."""
+    path = _split_path(source, split.spec, split.pairing, split.seed)
+    if not is_main_process() or path.exists():
+        return
     try:
         path.parent.mkdir(exist_ok=True)
         save_split(split, path)
     except OSError:
-        pass  # a read-only source run: the split is still saved in the unlearning run's own directory
-    return split
+        pass
 
 
 def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
@@ -254,6 +362,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
       under "models".
     """
     method = get_method(config.method)
+    _check_save_every(save_every_seconds)
     original = source_config(source)
     hparams = resolve_hparams(config, original)
     dataset = training_data(original, config.data_dir)
@@ -264,8 +373,10 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     if source_seeds is not None and len(source_seeds) != len(members):
         raise UserError(f"{source} holds {len(source_seeds)} models; unlearn them with as many seeds, "
                         f"not {len(members)}")
+    obtained = splits is None  # then the source run keeps it too, once everything is validated
     if splits is None:
-        splits = [obtain_split(source, dataset, config.forget, config.pairing, config.seed)] * len(members)
+        splits = [obtain_split(source, dataset, config.forget, config.pairing, config.seed, save=False)
+                  ] * len(members)
     elif len(splits) != len(members) or len({split.spec.mode for split in splits}) != 1:
         raise UserError(f"per-model splits must be one per model ({len(members)}) and of one forgetting mode")
     method.check_mode(splits[0].spec.mode)
@@ -286,42 +397,44 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
                   "train_config": to_json(original), "hparams": dataclasses.asdict(hparams),
                   **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
                   **_models_config(seeds, splits=splits if per_model_splits else None)}
-    workdir = prepare_workdir(workdir, run_config)
-    if is_main_process():
-        _save_splits(workdir, splits if per_model_splits else splits[:1])
+    with open_workdir(workdir, run_config) as (workdir, run_config):
+        if is_main_process():
+            _save_splits(workdir, splits if per_model_splits else splits[:1])
+            if obtained:
+                keep_split(source, splits[0])
 
-    data = device_data(dataset)
-    fresh = lambda: model_state(original, dataset, initialise=True, seed=original.seed + 1)[1:]
-    steps_per_epoch = [steps_in(plans[0](epoch)) for epoch in range(hparams.epochs)]
-    states, auxes, tx, schedule = [], [], None, None
-    for context, (_, params, batch_stats) in zip(contexts, starts):
-        start = StartingModel(graphdef=graphdef, params=params, batch_stats=batch_stats,
-                              forward=eval_forward(graphdef), data=data, fresh=fresh)
-        aux = method.prepare(hparams, context, start)
-        extra = method.init_extra(hparams, context, start)
-        model_tx, model_schedule = method.optimizer(hparams, steps_per_epoch, aux)
-        tx, schedule = tx or model_tx, schedule or model_schedule  # one update for all: see Method.optimizer
-        states.append(create_state(params, batch_stats, model_tx, extra))
-        auxes.append(aux)
-    predict = make_predictor(graphdef, data.mean, data.std)
-    parts = [split_parts(split, dataset.test_labels) for split in splits]
-    monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"} for model_parts in parts]
-    labels = _host_labels(dataset)
-    procedure = Procedure(
-        loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=_plan_of_models(plans, ensemble),
-        epochs=hparams.epochs,
-        evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored[model]),
-        should_stop=lambda evaluation: method.should_stop(evaluation, contexts[0]), learning_rate=schedule,
-        aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
-    )
-    meta = {"config_hash": config_hash(run_config)}
-    state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
-                      execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
-    metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
-        predict, model.params, model.batch_stats, data, labels, parts[k]))
-    if is_main_process():
-        write_json(workdir / "metrics.json", metrics)
-    return metrics
+        data = device_data(dataset)
+        fresh = lambda: model_state(original, dataset, initialise=True, seed=original.seed + 1)[1:]
+        steps_per_epoch = [steps_in(plans[0](epoch)) for epoch in range(hparams.epochs)]
+        states, auxes, tx, schedule = [], [], None, None
+        for context, (_, params, batch_stats) in zip(contexts, starts):
+            start = StartingModel(graphdef=graphdef, params=params, batch_stats=batch_stats,
+                                  forward=eval_forward(graphdef), data=data, fresh=fresh)
+            aux = method.prepare(hparams, context, start)
+            extra = method.init_extra(hparams, context, start)
+            model_tx, model_schedule = method.optimizer(hparams, steps_per_epoch, aux)
+            tx, schedule = tx or model_tx, schedule or model_schedule  # one update for all: see Method.optimizer
+            states.append(create_state(params, batch_stats, model_tx, extra))
+            auxes.append(aux)
+        predict = make_predictor(graphdef, data.mean, data.std)
+        parts = [split_parts(split, dataset.test_labels) for split in splits]
+        monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"} for model_parts in parts]
+        labels = _host_labels(dataset)
+        procedure = Procedure(
+            loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=_plan_of_models(plans, ensemble),
+            epochs=hparams.epochs,
+            evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored[model]),
+            should_stop=lambda evaluation: method.should_stop(evaluation, contexts[0]), learning_rate=schedule,
+            aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
+        )
+        meta = {"config_hash": config_hash(run_config)}
+        state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
+                          execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
+        metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+            predict, model.params, model.batch_stats, data, labels, parts[k]))
+        if is_main_process():
+            write_json(workdir / "metrics.json", metrics)
+        return metrics
 
 
 def _starting_models(method: Any, original: TrainConfig, dataset: Dataset, source: str | Path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import zlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,17 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     (default ``/usr/share/datasets/fashion-mnist``) and the TFDS data directory otherwise.
     """
     if name == "digits":
-        return _load_digits()
-    if name == "fashion_mnist":
-        return _load_fashion_mnist(Path(data_dir or DEFAULT_FASHION_MNIST_DIR))
-    return _load_tfds(name, data_dir)
+        dataset = _load_digits()
+    elif name == "fashion_mnist":
+        dataset = _load_fashion_mnist(Path(data_dir or DEFAULT_FASHION_MNIST_DIR))
+    else:
+        dataset = _load_tfds(name, data_dir)
+    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
+        raise UserError(f"{name}: train images are {dataset.train_images.shape[1:]}, test images "
+                        f"{dataset.test_images.shape[1:]}; a model needs one shape")
+    if len(dataset.train_labels) == 0 or len(dataset.test_labels) == 0:
+        raise UserError(f"{name}: the train or the test split is empty")
+    return dataset
 
 
 def stratified_subset(dataset: Dataset, train_size: int | None, test_size: int | None) -> Dataset:
@@ -193,7 +201,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
             content = file.read()
     except FileNotFoundError:
         raise UserError(f"IDX file not found: {path}; {_FASHION_MNIST_HINT}") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"cannot read gzip'd IDX file {path}: {error}") from None
     if len(content) < 4 or content[:2] != b"\0\0" or content[2] != _IDX_UBYTE or content[3] == 0:
         raise UserError(

@@ -68,7 +68,7 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
         params=restored["params"], batch_stats=restored["batch_stats"],
         opt_state=optimizer["opt_state"], extra=optimizer["extra"], step=optimizer["step"],
     )
-    return state, dict(restored["meta"])
+    return state, dict(_checked_meta(restored["meta"], f"{manager.directory} step {epoch}"))
 
 
 def latest_epoch(run_dir: Path) -> int | None:
@@ -86,9 +86,17 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"no checkpoint in {run_dir} (expected {Path(run_dir) / CHECKPOINT_DIR}/<epoch>/)")
     path = Path(run_dir) / CHECKPOINT_DIR / str(epoch) / "meta" / "metadata"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise UserError(f"corrupt checkpoint metadata {path}: {error}") from None
+    return _checked_meta(meta, path)
+
+
+def _checked_meta(meta: Any, where: Any) -> dict[str, Any]:
+    """`meta` if it is a mapping, as every saved metadata is; UserError otherwise."""
+    if not isinstance(meta, dict):
+        raise UserError(f"corrupt checkpoint metadata {where}: a {type(meta).__name__}, not a mapping")
+    return meta
 
 
 def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, Any]:

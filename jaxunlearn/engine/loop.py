@@ -7,6 +7,7 @@ XLA:CPU runs convolution gradients inside a while loop 15-45x slower than the sa
 BENCHMARKS.md). Between epochs the loop evaluates, checkpoints, logs and checks the method's termination rule.
 """
 
+import functools
 import json
 import math
 import sys
@@ -34,6 +35,7 @@ from jaxunlearn.engine.parallel import (
 )
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.errors import TrainingDiverged, UserError
+from jaxunlearn.files import write_text
 
 Batch = dict[str, tuple[jax.Array, jax.Array]]
 """role ("train", "forget", "retain") → (images float32 [B, H, W, C], labels int32 [B]), this device's shard."""
@@ -303,6 +305,16 @@ class Procedure:
     evaluate_every_epoch: bool = True
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def finite_models(tree: Any, models_axis: bool) -> jax.Array:
+    """Whether every floating leaf of `tree` is finite: bool [] or, with `models_axis`, bool [K] per model
+    along each leaf's leading axis. Integer leaves (step counters) cannot be non-finite and are skipped."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if models_axis:
+        return jnp.stack([jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1) for x in leaves]).all(axis=0)
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+
+
 class _OneModel:
     """The data-parallel layout of one model: state replicated over `execution`'s mesh, batches split."""
 
@@ -344,6 +356,9 @@ class _OneModel:
     def first_non_finite(self, step_metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
         finite = np.isfinite(step_metrics["loss"])
         return None if np.all(finite) else (int(np.argmin(finite)), "")
+
+    def non_finite_state(self, state: TrainState) -> str | None:
+        return None if bool(jax.device_get(finite_models(local_replica(state), False))) else ""
 
     def evaluate(self, state: TrainState, final: bool, previous: Any) -> tuple[dict[str, float], bool]:
         evaluation = self.procedure.evaluate(local_replica(state), 0)
@@ -424,6 +439,13 @@ class _ManyModels:
         step, column = np.argwhere(~np.isfinite(losses))[0]
         return int(step), f" of model {int(np.flatnonzero(self.active)[column])}"
 
+    def non_finite_state(self, groups: list[TrainState]) -> str | None:
+        for g, models in enumerate(self.ensemble.groups()):
+            finite = np.asarray(jax.device_get(finite_models(groups[g], True))).reshape(-1)
+            if not finite.all():
+                return f" of model {models.start + int(np.argmin(finite))}"
+        return None
+
     def evaluate(self, groups: list[TrainState], final: bool, previous: Any) -> tuple[list[dict], bool]:
         evaluations = list(previous) if previous else [{} for _ in range(self.ensemble.count)]
         if not (final or self.procedure.evaluate_every_epoch):
@@ -491,6 +513,10 @@ def _resume(manager, runner, state, meta: dict[str, Any], logs: tuple[Path, Path
     if latest is None:
         return state, {**meta, "epoch": 0, "finished": False, "evaluation": {}, "seconds": 0.0, "steps": 0}
     restored, last = checkpoint.restore_state(manager, latest, runner.saved(state))
+    if not isinstance(last.get("epoch"), int) or not isinstance(last.get("steps"), int) or \
+            not all(name in last for name in ("finished", "evaluation", "seconds")):
+        raise UserError(f"corrupt checkpoint metadata in {manager.directory} step {latest}: it lacks the "
+                        f"epoch, steps, finished, evaluation and seconds a run writes")
     state = runner.restored(restored, last)
     if is_main_process():
         for path in logs:
@@ -517,26 +543,39 @@ def _run_epochs(procedure: Procedure, runner, manager, state, last: dict[str, An
         steps = first_step + len(step_metrics["loss"])
         bad = runner.first_non_finite(step_metrics)
         if bad is not None:
-            raise TrainingDiverged(
-                f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1}); "
-                f"the last good checkpoint is kept in {Path(workdir) / checkpoint.CHECKPOINT_DIR}"
-            )
+            _diverged(f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1})",
+                      manager, workdir)
+        bad_model = runner.non_finite_state(state)
+        if bad_model is not None:  # finite losses, but the epoch's last update was not
+            _diverged(f"{label}: non-finite parameters or optimizer state{bad_model} after step {steps} "
+                      f"(epoch {epoch + 1})", manager, workdir)
         evaluation, stop = runner.evaluate(state, epoch + 1 == procedure.epochs, last["evaluation"])
         seconds += time.perf_counter() - started
         finished = stop or epoch + 1 == procedure.epochs
         last = {**meta, "epoch": epoch + 1, "finished": finished, "evaluation": evaluation,
                 "seconds": seconds, "steps": steps, **runner.meta()}
-        if finished or time.perf_counter() - last_save >= save_every_seconds:
-            checkpoint.save(manager, epoch + 1, runner.saved(state), last)
-            last_save = time.perf_counter()
+        # The epoch's log lines go first: a run killed before its checkpoint is complete resumes from the
+        # previous one and cuts them back (`_resume`), so logs and checkpoints agree after any kill.
         if main:
             _append_log(log_path, step_metrics, first_step, procedure.learning_rate)
             with evaluation_path.open("a") as log:
                 log.write(json.dumps({"epoch": epoch + 1, "step": steps, **_by_name(evaluation)}) + "\n")
+        if finished or time.perf_counter() - last_save >= save_every_seconds:
+            checkpoint.save(manager, epoch + 1, runner.saved(state), last)
+            last_save = time.perf_counter()
+        if main:
             runner.report(epoch + 1, step_metrics, evaluation, seconds)
         if stop:
             break
     return state, last
+
+
+def _diverged(problem: str, manager, workdir: Path) -> None:
+    """Raise TrainingDiverged naming the checkpoint the run keeps (every saved one passed this check)."""
+    kept = manager.latest_step()
+    where = Path(workdir) / checkpoint.CHECKPOINT_DIR
+    raise TrainingDiverged(f"{problem}; the last finite checkpoint, epoch {kept}, is kept in {where}"
+                           if kept is not None else f"{problem}; no checkpoint had been saved yet")
 
 
 def _by_name(evaluation: dict[str, float] | list[dict[str, float]]) -> dict[str, Any]:
@@ -560,11 +599,23 @@ def _append_log(path: Path, step_metrics: dict[str, np.ndarray], first_step: int
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log lines past the restored checkpoint (written by a run killed after them)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["step"] <= last_step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Cut a log back to the restored checkpoint's step, atomically: the lines past it were written by a run
+    killed before its next checkpoint was complete, and a last line torn by the kill is dropped with them.
+    UserError for a line that cannot be read anywhere else."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break  # torn by a kill mid-write
+            raise UserError(f"{path} line {number} is not a log line; the run's logs are corrupt") from None
+        if step <= last_step:
+            kept.append(line)
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _progress(label: str, epoch: int, epochs: int, step_metrics: dict[str, np.ndarray],

@@ -5,6 +5,8 @@ Every training step runs per device over the mesh axis `data` (`AXIS`): under `j
 of every batch from its own replica. With one device the axis has size 1 and the same code runs.
 """
 
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,13 +50,20 @@ class Execution:
         return data_mesh(self.devices)
 
 
+COORDINATOR_TIMEOUT = 300
+"""Seconds a process waits for the coordinator, and the coordinator for every process (JAX's default)."""
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                           *, auto: bool = False) -> None:
+                           *, auto: bool = False, timeout: int = COORDINATOR_TIMEOUT) -> None:
     """Start multi-process JAX before any other JAX call.
 
     With a coordinator "HOST:PORT", `num_processes` and `process_id` are required; `auto` calls
     `jax.distributed.initialize()` with no arguments (Cloud TPU, SLURM, Open MPI, Kubernetes detect
-    themselves). Bad settings raise UserError.
+    themselves). Bad settings raise UserError, and so does a coordinator that process 0 cannot serve (its
+    port taken) or that another process cannot reach within `timeout` seconds: JAX itself would abort the
+    process after its timeout, with a C++ stack trace. Processes that never join process 0 still end in
+    JAX's abort after `timeout`, so a run never waits forever.
     """
     if coordinator is None:
         if num_processes is not None or process_id is not None:
@@ -63,14 +72,43 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
             jax.distributed.initialize()
         return
     host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"`coordinator` must be HOST:PORT, got {coordinator!r}")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"`coordinator` must be HOST:PORT with a port in 1..65535, got {coordinator!r}")
     if num_processes is None or process_id is None:
         raise UserError("a `coordinator` needs `num_processes` and `process_id`")
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise UserError(f"`process_id` must be in [0, {num_processes}), got {process_id}")
+    if not 0 < timeout <= 86400:
+        raise UserError(f"`coordinator_timeout` must be between 1 and 86400 seconds, got {timeout}")
+    if process_id == 0:
+        _check_port_free(int(port))
+    else:
+        _wait_for_coordinator(host.strip("[]"), int(port), timeout)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, initialization_timeout=timeout)
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            raise UserError(f"process 0 cannot serve the `coordinator` on port {port}: "
+                            f"{error.strerror or error}") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout: int) -> None:
+    """Return once process 0 accepts connections on host:port; UserError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise UserError(f"cannot reach the `coordinator` {host}:{port} within {timeout} s "
+                                f"({error.strerror or error}); is process 0 running?") from None
+            time.sleep(0.2)
 
 
 def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:

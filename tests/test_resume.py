@@ -1,0 +1,176 @@
+"""Runs that end badly resume to the same result: kills at every phase of an epoch boundary, a diverged
+update, a leftover temporary file, a stale lock, another spelling of the same configuration.
+
+A kill is injected in-process (the exception `Killed` raised from inside the loop's writers); the real
+`kill -9` at random moments is tests/test_cli.py's. Comparisons are exact: runs are bitwise deterministic
+on CPU.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxunlearn import runs
+from jaxunlearn.cli import main
+from jaxunlearn.config import SupervisedHparams, TrainConfig
+from jaxunlearn.engine import checkpoint, loop
+from jaxunlearn.engine.parallel import Execution
+from jaxunlearn.errors import TrainingDiverged
+from jaxunlearn.files import LOCK_FILE
+from jaxunlearn.methods.supervised import supervised_loss
+
+pytestmark = pytest.mark.slow
+
+CONFIG = TrainConfig(dataset="digits", width=0.0625, recipe=SupervisedHparams(epochs=3, batch_size=256))
+"""1438 digits in batches of 256: 5 steps per epoch, 15 in all."""
+ONE_DEVICE = Execution(devices=1)
+
+
+class Killed(BaseException):
+    """What a kill -9 does to the loop: it stops wherever it is, with no handler running."""
+
+
+def train(workdir):
+    return runs.train(CONFIG, workdir, execution=ONE_DEVICE, save_every_seconds=0)
+
+
+def logs(workdir) -> tuple[str, str]:
+    return (workdir / "metrics.jsonl").read_text(), (workdir / "evaluations.jsonl").read_text()
+
+
+def without_seconds(metrics: dict) -> dict:
+    return {name: value for name, value in metrics.items() if name != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("whole") / "run"
+    return workdir, train(workdir)
+
+
+def kill_in_epoch_2_log(real):
+    def append(path, step_metrics, first_step, learning_rate):
+        if first_step == 5:  # epoch 2: its lines, then half a line, then the kill
+            real(path, step_metrics, first_step, learning_rate)
+            with path.open("a") as log:
+                log.write('{"step": 11, "lea')
+            raise Killed
+        real(path, step_metrics, first_step, learning_rate)
+    return append
+
+
+def kill_at_save(after: bool):
+    real = checkpoint.save
+
+    def save(manager, epoch, state, meta):
+        if epoch == 2 and not after:
+            raise Killed
+        real(manager, epoch, state, meta)
+        if epoch == 2:
+            raise Killed
+    return save
+
+
+@pytest.mark.parametrize("phase", ["while writing the log", "after the log, before the checkpoint",
+                                   "after the checkpoint"])
+def test_a_kill_at_any_phase_of_an_epoch_boundary_resumes_to_the_same_run(phase, uninterrupted, tmp_path,
+                                                                           monkeypatch):
+    workdir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        if phase == "while writing the log":
+            patch.setattr(loop, "_append_log", kill_in_epoch_2_log(loop._append_log))
+        else:
+            patch.setattr(checkpoint, "save", kill_at_save(after=phase == "after the checkpoint"))
+        with pytest.raises(Killed):
+            train(workdir)
+    assert not (workdir / LOCK_FILE).exists()  # released on the way out (a kill -9 leaves it stale: see below)
+    metrics = train(workdir)
+    whole, whole_metrics = uninterrupted
+    assert logs(workdir) == logs(whole)
+    assert without_seconds(metrics) == without_seconds(whole_metrics)
+
+
+def test_a_leftover_temporary_file_does_not_block_a_first_start(tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / ".config.json.123.abcd.tmp").write_text('{"kind": "tr')  # killed while writing config.json
+    metrics = train(workdir)
+    assert without_seconds(metrics) == without_seconds(uninterrupted[1])
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "evaluations.jsonl",
+                                                         "metrics.json", "metrics.jsonl"]
+
+
+def poisoned_at(step_index: int):
+    """The supervised loss, whose gradient at optimizer step `step_index` (0-based) is NaN while the loss
+    itself stays finite: only the parameters after that update are non-finite."""
+    def loss(model, batch, step):
+        value, parts = supervised_loss(model, batch, step)
+        poison = jax.lax.cond(step.step == step_index, lambda v: 0.0 * jnp.sqrt(jnp.abs(v - v)),
+                              lambda v: 0.0 * v, value)
+        return value + poison, parts
+    return loss
+
+
+def test_a_non_finite_last_update_is_never_checkpointed(tmp_path, monkeypatch):
+    """The last update of epoch 2 (step 10) is NaN and every loss of epoch 2 finite: the state check stops
+    the run, and the latest checkpoint stays epoch 1's, finite."""
+    workdir = tmp_path / "run"
+    monkeypatch.setattr(runs, "supervised_loss", poisoned_at(9))
+    with pytest.raises(TrainingDiverged, match=r"non-finite parameters or optimizer state after step 10 "
+                                               r"\(epoch 2\); the last finite checkpoint, epoch 1, is kept"):
+        train(workdir)
+    assert checkpoint.latest_epoch(workdir) == 1
+    losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 5 and np.all(np.isfinite(losses))  # epoch 2's lines were never written
+
+
+def test_a_first_update_that_diverges_exits_1_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runs, "supervised_loss", poisoned_at(0))
+    workdir = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--width", "0.0625", "--epochs", "2", "--batch-size", "256",
+                 "--devices", "1", "--save-every", "0", "--workdir", str(workdir)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == "jaxunlearn: train: non-finite loss at step 2 (epoch 1); no checkpoint had been saved yet"
+    assert checkpoint.latest_epoch(workdir) is None and not (workdir / LOCK_FILE).exists()
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "host": os.uname().nodename, "token": "t"}))
+    assert without_seconds(train(workdir)) == without_seconds(uninterrupted[1])
+    assert not (workdir / LOCK_FILE).exists()
+
+
+def test_a_lock_of_another_host_is_not_taken(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere", "token": "t"}))
+    assert main(["train", "--dataset", "digits", "--workdir", str(workdir)]) == 2
+    assert "in use by process 1 on elsewhere" in capsys.readouterr().err
+    assert [p.name for p in workdir.iterdir()] == [LOCK_FILE]
+
+
+def test_equivalent_spellings_of_a_configuration_resume_the_same_run(digits_run, tmp_path, capsys):
+    source, _ = digits_run
+    spelled = tmp_path / "x" / ".." / "source-link"
+    (tmp_path / "x").mkdir()
+    os.symlink(source, tmp_path / "source-link")
+    workdir = str(tmp_path / "ft")
+    first = ["unlearn", "--method", "finetune", "--forget", "class:5", "--workdir", workdir, "--epochs", "1"]
+    assert main([*first, "--from", str(source), "--lr", "0.001"]) == 0
+    assert main([*first, "--from", str(spelled), "--hp", "learning_rate=1e-3"]) == 0  # the same run: resumed
+    assert main([*first, "--from", str(source), "--lr", "0.002"]) == 2
+    assert "holds a run with another configuration" in capsys.readouterr().err
