@@ -59,9 +59,8 @@ class StepContext:
     forward: (params, batch_stats, images) → (logits, feat) of the run's architecture in eval mode, for
       frozen copies (a teacher, the original model).
     mask: float [B_local], 1 for a real sample and 0 for a padding slot of a batch widened to the device
-      count (`pad_to_devices`); None when the step's batch has no padding. A loss passes it to the model in
-      training mode (`model(images, train=True, mask=step.mask)`, for the BatchNorm statistics) and averages
-      per-sample values with `mean`.
+      count (`pad_to_devices`); None when the step's batch has no padding. A loss runs the model with
+      `apply` (which hands the mask to the BatchNorm statistics) and averages per-sample values with `mean`.
     """
 
     columns: dict[str, jax.Array]
@@ -71,6 +70,14 @@ class StepContext:
     step: jax.Array
     forward: Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, jax.Array]]
     mask: jax.Array | None = None
+
+    def apply(self, model: nnx.Module, images: jax.Array, *, train: bool = True, repeat: int = 1) -> Any:
+        """model(images, train=train), given the mask (tiled `repeat` times, for batches concatenated along
+        their first axis) only when the batch is padded: a model without a `mask` argument runs wherever no
+        batch needs padding."""
+        if self.mask is None:
+            return model(images, train=train)
+        return model(images, train=train, mask=jnp.tile(self.mask, repeat))
 
     def mean(self, values: jax.Array) -> jax.Array:
         """This device's share of the mean of `values` [B_local, ...] (per sample, any trailing axes) over

@@ -88,7 +88,7 @@ class BadTeacher(Method):
             flag = step.columns["forget_flag"]
             competent = step.forward(*step.aux["competent"], images)[0]
             incompetent = step.forward(*step.aux["incompetent"], images)[0]
-            logits, _ = model(images, train=True, mask=step.mask)
+            logits, _ = step.apply(model, images)
             terms = bad_teacher_terms(logits, jax.lax.stop_gradient(competent), jax.lax.stop_gradient(incompetent),
                                       flag, hparams.temperature)
             return step.mean(terms), {"forget_fraction": step.mean(flag.astype(jnp.float32))}

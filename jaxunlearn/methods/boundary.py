@@ -135,7 +135,7 @@ class BoundaryShrink(Method):
                 frozen, images, labels, context.mean, context.std,
                 bound=hparams.bound, step=step_size, iterations=iterations))
             neighbour_labels = jnp.argmax(jax.lax.stop_gradient(frozen(neighbours)), axis=1)
-            logits, _ = model(images, train=True, mask=step.mask)
+            logits, _ = step.apply(model, images)
             return step.mean(sample_cross_entropy(logits, neighbour_labels)), {
                 "attack_success": step.mean((neighbour_labels != labels).astype(jnp.float32))}
 
@@ -176,7 +176,7 @@ class BoundaryExpand(Method):
 
         def loss(model, batch, step):
             images, _ = batch["forget"]
-            logits, feat = model(images, train=True, mask=step.mask)
+            logits, feat = step.apply(model, images)
             wide = widened_logits(logits, feat, step.extra)
             shadow_rate = step.mean((jnp.argmax(wide, axis=1) == shadow_class).astype(jnp.float32))
             return step.mean(sample_cross_entropy(wide, jnp.full(images.shape[:1], shadow_class))), {

@@ -83,8 +83,7 @@ class Contrastive(Method):
         def loss(model, batch, step):
             (forget_x, forget_y), (retain_x, retain_y) = batch["forget"], batch["retain"]
             # Forget and retain batches are padded alike: one mask for both halves of the joint forward.
-            mask = None if step.mask is None else jnp.concatenate([step.mask, step.mask])
-            logits, feat = model(jnp.concatenate([forget_x, retain_x]), train=True, mask=mask)
+            logits, feat = step.apply(model, jnp.concatenate([forget_x, retain_x]), repeat=2)
             n_forget = forget_x.shape[0]
             # Each device's anchors meet the retain samples of the whole global batch.
             gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)

@@ -39,7 +39,7 @@ def retain_pass(context: Context, batch_size: int, epoch: int) -> list[Block]:
 def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):
     """Cross-entropy of the model in train mode on the retain batch; no named parts."""
     images, labels = batch["retain"]
-    logits, _ = model(images, train=True, mask=step.mask)
+    logits, _ = step.apply(model, images)
     return step.mean(sample_cross_entropy(logits, labels)), {}
 
 

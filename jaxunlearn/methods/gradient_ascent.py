@@ -37,7 +37,7 @@ def negative_forget_cross_entropy(model: nnx.Module, batch: Batch, step: StepCon
                                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """−CE of the model in train mode on the forget batch; the part `cross_entropy` is +CE."""
     images, labels = batch["forget"]
-    logits, _ = model(images, train=True, mask=step.mask)
+    logits, _ = step.apply(model, images)
     ce = step.mean(sample_cross_entropy(logits, labels))
     return -ce, {"cross_entropy": ce}
 

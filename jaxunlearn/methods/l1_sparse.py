@@ -52,7 +52,7 @@ class L1Sparse(Finetune):
     def loss_fn(self, hparams: L1SparseHparams, context: Context):
         def loss(model, batch, step):
             images, labels = batch["retain"]
-            logits, _ = model(images, train=True, mask=step.mask)
+            logits, _ = step.apply(model, images)
             ce = step.mean(sample_cross_entropy(logits, labels))
             coefficient = l1_coefficient(hparams.gamma, hparams.epochs, hparams.no_l1_epochs, step.epoch)
             norm = l1_norm(nnx.state(model, nnx.Param))

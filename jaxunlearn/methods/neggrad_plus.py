@@ -89,7 +89,7 @@ class NegGradPlus(Method):
             """The role's CE over its real samples: its own loader padding and the engine's both weigh 0
             (BatchNorm skips only the engine's, as one device does)."""
             images, labels = batch[role]
-            logits, _ = model(images, train=train, mask=step.mask)
+            logits, _ = step.apply(model, images, train=train)
             per_sample = sample_cross_entropy(logits, labels)
             weights = step.columns[f"{role}_weight"].astype(per_sample.dtype)
             if step.mask is not None:

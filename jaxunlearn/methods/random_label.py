@@ -67,7 +67,7 @@ def random_label_loss(model: nnx.Module, batch: Batch, step: StepContext) -> tup
         labels = step.columns[RANDOM_LABEL]
     else:
         images, labels = batch["retain"]
-    logits, _ = model(images, train=True, mask=step.mask)
+    logits, _ = step.apply(model, images)
     return step.mean(sample_cross_entropy(logits, labels)), {}
 
 

@@ -132,7 +132,7 @@ class Scrub(Method):
         def loss(model, batch, step):
             is_max_step = "forget" in batch
             images, labels = batch["forget" if is_max_step else "retain"]
-            logits, _ = model(images, train=True, mask=step.mask)
+            logits, _ = step.apply(model, images)
             teacher_params, teacher_stats = step.aux
             teacher_logits = jax.lax.stop_gradient(step.forward(teacher_params, teacher_stats, images)[0])
             kl = hparams.temperature**2 * step.mean(sample_distill_kl(teacher_logits, logits, hparams.temperature))

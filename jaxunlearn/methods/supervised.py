@@ -40,5 +40,5 @@ def supervised_plan(indices: np.ndarray, batch_size: int, rng: np.random.Generat
 def supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
     """Cross-entropy of the model in train mode on batch["train"]."""
     images, labels = batch["train"]
-    logits, _ = model(images, train=True, mask=context.mask)
+    logits, _ = context.apply(model, images)
     return context.mean(sample_cross_entropy(logits, labels)), {}

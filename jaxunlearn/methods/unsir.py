@@ -184,7 +184,7 @@ class Unsir(Method):
                 images = jnp.where(is_noise[:, None, None, None], step.aux["images"][safe], images)
                 labels = jnp.where(is_noise, step.aux["labels"][safe], labels)
                 noise_fraction = step.mean(is_noise.astype(jnp.float32))
-            logits, _ = model(images, train=True, mask=step.mask)
+            logits, _ = step.apply(model, images)
             return step.mean(sample_cross_entropy(logits, labels)), {"noise_fraction": noise_fraction}
 
         return loss
