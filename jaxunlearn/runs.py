@@ -418,7 +418,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             auxes.append(aux)
         predict = make_predictor(graphdef, data.mean, data.std)
         parts = [split_parts(split, dataset.test_labels) for split in splits]
-        monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"} for model_parts in parts]
+        monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"}
+                     for model_parts in parts]
         labels = _host_labels(dataset)
         procedure = Procedure(
             loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=_plan_of_models(plans, ensemble),

@@ -161,7 +161,7 @@ def test_unwritable_or_occupied_workdir(tmp_path, digits_run, capsys):
     assert run_cli(*args, "--workdir", blocker / "run") == 2
     assert "cannot write to workdir" in error_line(capsys)
     assert run_cli(*args, "--workdir", blocker) == 2
-    assert "not an empty directory" in error_line(capsys)
+    assert "is not a directory" in error_line(capsys)
 
 
 def test_a_killed_run_keeps_its_last_checkpoint_and_resumes(tmp_path):

@@ -36,6 +36,11 @@ class Case:
     setup: Callable[[Path, Path], None] | None = None
 
 
+def a_file(name: str):
+    """A plain file where a directory would go (as root, a write-protected directory would not refuse)."""
+    return lambda tmp, copy: (tmp / name).write_text("x")
+
+
 def corrupt_config(text: str):
     return lambda tmp, copy: (copy / "config.json").write_text(text)
 
@@ -125,12 +130,11 @@ CASES = {
     "empty dataset": Case(TRAIN + " --dataset ", "dataset"),
     "dataset is a path": Case(TRAIN + " --dataset /etc", "dataset"),
     "dataset is a relative path": Case(TRAIN + " --dataset ../x", "dataset"),
-    "workdir is a file": Case(UNLEARN, "not a directory", lambda tmp, copy: (tmp / "w").write_text("x")),
-    "workdir under a file": Case(UNLEARN.replace("{tmp}/w", "{tmp}/f/w"), "cannot write to workdir",
-                                 lambda tmp, copy: (tmp / "f").write_text("x")),
+    "workdir is a file": Case(UNLEARN, "not a directory", a_file("w")),
+    "workdir under a file": Case(UNLEARN.replace("{tmp}/w", "{tmp}/f/w"), "cannot write to workdir", a_file("f")),
     "workdir in use": Case(UNLEARN, "in use by process", held_lock),
-    "demo json unwritable": Case("demo --json /proc/no/such.json", "--json"),
-    "bench json unwritable": Case("bench --width 0.0625 --json /proc/no/such.json", "--json"),
+    "demo json unwritable": Case("demo --json {tmp}/f/demo.json", "--json", a_file("f")),
+    "bench json unwritable": Case("bench --width 0.0625 --json {tmp}/f/bench.json", "--json", a_file("f")),
     # damaged runs
     "config.json empty": Case(FROM_COPY, "config.json", corrupt_config("")),
     "config.json not JSON": Case(FROM_COPY, "config.json", corrupt_config("{")),
