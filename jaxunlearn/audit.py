@@ -23,6 +23,7 @@ shadows (50%: it cannot tell an unlearned example from one the model never saw).
 """
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import make_ensemble, take
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import atomic_write, write_json
+from jaxunlearn.files import atomic_write, check_writable, write_json
 from jaxunlearn.evaluation.accuracy import split_parts
 from jaxunlearn.evaluation.challenge import (
     challenge_epsilons, epsilon_points, final_score, logit_scaled_confidence,
@@ -116,6 +117,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     its final score, per-example ε and accuracies (see `score_arm`).
     """
     check_audit(config, source, execution)
+    _check_workdir(workdir, source, "audit.json")
     original = source_config(source)
     dataset = training_data(original)
     split = obtain_split(source, dataset, config.forget, config.pairing, config.seed)
@@ -302,6 +304,7 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
     "original": the shadow originals themselves (no unlearning)}.
     """
     check_ulira(config, source, execution)
+    _check_workdir(workdir, source, "ulira.json")
     original = source_config(source)
     dataset = training_data(original)
     audited = make_split(ForgetSpec("random", count=config.audited), dataset.train_labels, dataset.num_classes,
@@ -363,6 +366,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _check_workdir(workdir: str | Path, source: str | Path, result: str) -> None:
+    """UserError for a workdir that is empty, is the original's run or lies in it, or cannot hold `result`."""
+    if not str(workdir).strip():
+        raise UserError("`workdir` is empty")
+    inside = Path(os.path.realpath(workdir))
+    if inside == Path(os.path.realpath(source)) or Path(os.path.realpath(source)) in inside.parents:
+        raise UserError(f"`workdir` {workdir} is inside the original's run {source}; choose a directory of its own")
+    check_writable(Path(workdir) / result, "`workdir`")
 
 
 def _announce(message: str) -> None:

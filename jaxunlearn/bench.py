@@ -19,6 +19,7 @@ Under `shard_map` and `pmap` the compiled program is one device's: FLOPs and mem
 the model FLOPs of a step are the per-device count times the device count.
 """
 
+import math
 import os
 import statistics
 import time
@@ -33,7 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn.config import SupervisedHparams
+from jaxunlearn.config import MAX_WIDTH, SupervisedHparams
 from jaxunlearn.data.splits import ForgetSpec, Split, make_split
 from jaxunlearn.engine.ensemble import (
     make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
@@ -94,6 +95,8 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
         raise UserError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
     if config.epoch_loop not in EPOCH_LOOPS:
         raise UserError(f"unknown epoch loop {config.epoch_loop!r}; choose from {', '.join(EPOCH_LOOPS)}")
+    if not (math.isfinite(config.width) and 0 < config.width <= MAX_WIDTH):
+        raise UserError(f"`width` must be in (0, {MAX_WIDTH}], got {config.width}")
     for name in ("batch", "image_size", "channels", "steps", "repeats"):
         if getattr(config, name) < 1:
             raise UserError(f"`{name}` must be >= 1, got {getattr(config, name)}")

@@ -6,18 +6,61 @@ Bad input prints one line `jaxunlearn: error: ...` and exits with status 2.
 """
 
 import argparse
+import math
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
+from jaxunlearn.config import MAX_COUNT, SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
 from jaxunlearn.data.splits import PAIRINGS, parse_forget
 from jaxunlearn.engine.parallel import (BACKENDS, COORDINATOR_TIMEOUT, EPOCH_LOOPS, Execution, initialize_distributed,
                                          is_main_process)
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
+
+
+def _integer(text: str) -> int:
+    """A count or size flag: an integer in [0, MAX_COUNT] (each command checks its own lower bound)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_COUNT}, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^32), got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A time interval: a number >= 0 (inf: never before the end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,16 +70,16 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("devices and hosts")
-    group.add_argument("--devices", type=int, help="use the first N devices of all hosts (default: all)")
+    group.add_argument("--devices", type=_integer, help="use the first N devices of all hosts (default: all)")
     group.add_argument("--backend", choices=BACKENDS, default="shard_map",
                        help="per-device step under jax.shard_map (default) or jax.pmap")
     group.add_argument("--epoch-loop", choices=EPOCH_LOOPS, default="auto",
                        help="an epoch as one compiled lax.scan or a host loop over one compiled step (default "
                             "auto: steps on CPU, where XLA runs convolution gradients in loops slowly; scan elsewhere)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
-    group.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
-    group.add_argument("--process-id", type=int, help="multi-process run: this process's index")
-    group.add_argument("--coordinator-timeout", type=int, default=COORDINATOR_TIMEOUT, metavar="SECONDS",
+    group.add_argument("--num-processes", type=_integer, help="multi-process run: number of processes")
+    group.add_argument("--process-id", type=_integer, help="multi-process run: this process's index")
+    group.add_argument("--coordinator-timeout", type=_integer, default=COORDINATOR_TIMEOUT, metavar="SECONDS",
                        help="multi-process run: how long to wait for the coordinator and the other processes "
                             "(default %(default)s)")
     group.add_argument("--distributed", action="store_true",
@@ -52,17 +95,17 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="digits", help="digits | fashion_mnist | a prepared TFDS name")
     train.add_argument("--data-dir", help="directory of the dataset files (Fashion-MNIST IDX or TFDS data_dir)")
     train.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
-    train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
-    train.add_argument("--train-size", type=int, help="train on a fixed stratified subset of about N images")
-    train.add_argument("--test-size", type=int, help="evaluate on a fixed stratified subset of about N images")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", type=float, default=defaults.learning_rate)
-    train.add_argument("--momentum", type=float, default=defaults.momentum)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--width", type=_finite, default=1.0, help="channel width multiplier (default 1)")
+    train.add_argument("--train-size", type=_integer, help="train on a fixed stratified subset of about N images")
+    train.add_argument("--test-size", type=_integer, help="evaluate on a fixed stratified subset of about N images")
+    train.add_argument("--epochs", type=_integer, default=defaults.epochs)
+    train.add_argument("--batch-size", type=_integer, default=defaults.batch_size)
+    train.add_argument("--lr", type=_finite, default=defaults.learning_rate)
+    train.add_argument("--momentum", type=_finite, default=defaults.momentum)
+    train.add_argument("--weight-decay", type=_finite, default=defaults.weight_decay)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--workdir", required=True)
-    train.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+    train.add_argument("--save-every", type=_seconds, default=60.0, metavar="SECONDS",
                        help="checkpoint after an epoch once this long has passed since the last one (default 60)")
     _add_execution_flags(train)
 
@@ -71,14 +114,14 @@ def _build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
     unlearn.add_argument("--from", dest="source", required=True, help="the training run's workdir")
     unlearn.add_argument("--workdir", required=True)
-    unlearn.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+    unlearn.add_argument("--save-every", type=_seconds, default=60.0, metavar="SECONDS",
                          help="checkpoint after an epoch once this long has passed since the last one (default 60)")
     unlearn.add_argument("--pairing", choices=PAIRINGS, default="default",
                          help="official: the official code's splits and retain pairing")
-    unlearn.add_argument("--seed", type=int, default=0, help="seed of the split and of retain sampling")
-    unlearn.add_argument("--epochs", type=int, help="epoch cap (contrastive) or epoch count (retrain)")
-    unlearn.add_argument("--batch-size", type=int)
-    unlearn.add_argument("--lr", type=float)
+    unlearn.add_argument("--seed", type=_seed, default=0, help="seed of the split and of retain sampling")
+    unlearn.add_argument("--epochs", type=_integer, help="epoch cap (contrastive) or epoch count (retrain)")
+    unlearn.add_argument("--batch-size", type=_integer)
+    unlearn.add_argument("--lr", type=_finite)
     unlearn.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                          help="set any hyperparameter of the method, e.g. --hp temperature=0.5")
     unlearn.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
@@ -90,9 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--from", dest="source", required=True, help="a run's workdir")
     evaluate.add_argument("--forget", help="for a training run: the split to evaluate the forget metrics on")
     evaluate.add_argument("--pairing", choices=PAIRINGS, default="default")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=_seed, default=0)
     evaluate.add_argument("--reference", help="the retrained run of the same split: adds divergences from it")
-    evaluate.add_argument("--relearn-steps", type=int, default=RelearnSettings.max_steps, metavar="N",
+    evaluate.add_argument("--relearn-steps", type=_integer, default=RelearnSettings.max_steps, metavar="N",
                           help="cap of the relearn-time fine-tuning (default %(default)s)")
 
     report = commands.add_parser("report", help="evaluate runs of one experiment and write a report with plots")
@@ -113,17 +156,17 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--from", dest="source", required=True, help="the original model's training run")
     audit.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
     audit.add_argument("--method", required=True, help="the method to audit (see README: Methods)")
-    audit.add_argument("--models", type=int, required=True, metavar="N",
+    audit.add_argument("--models", type=_integer, required=True, metavar="N",
                        help="models per arm: N unlearnings, N retrainings, N more for the floor, N originals")
     audit.add_argument("--workdir", required=True, help="the arms' runs and audit.json (shared by methods)")
-    audit.add_argument("--seed", type=int, default=0, help="seed of the split (random:N)")
+    audit.add_argument("--seed", type=_seed, default=0, help="seed of the split (random:N)")
     audit.add_argument("--pairing", choices=PAIRINGS, default="default")
-    audit.add_argument("--epochs", type=int)
-    audit.add_argument("--batch-size", type=int)
-    audit.add_argument("--lr", type=float)
+    audit.add_argument("--epochs", type=_integer)
+    audit.add_argument("--batch-size", type=_integer)
+    audit.add_argument("--lr", type=_finite)
     audit.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                        help="set any hyperparameter of the method, e.g. --hp lambda_ul=1")
-    audit.add_argument("--models-per-device", type=int,
+    audit.add_argument("--models-per-device", type=_integer,
                        help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
     _add_execution_flags(audit)
 
@@ -131,17 +174,17 @@ def _build_parser() -> argparse.ArgumentParser:
                                             "from one never seen? (shadow models on halves of the data)")
     lira.add_argument("--from", dest="source", required=True, help="the original model's training run (its setup)")
     lira.add_argument("--method", required=True, help="the method to audit (it must support sample forgetting)")
-    lira.add_argument("--audited", type=int, required=True, metavar="T",
+    lira.add_argument("--audited", type=_integer, required=True, metavar="T",
                       help="audited training examples (even); each shadow holds and forgets T/2 of them")
-    lira.add_argument("--shadows", type=int, required=True, metavar="S",
+    lira.add_argument("--shadows", type=_integer, required=True, metavar="S",
                       help="shadow models (even, >= 8), a quarter of them held out as targets")
     lira.add_argument("--workdir", required=True, help="the shadows' runs and ulira.json (shared by methods)")
-    lira.add_argument("--seed", type=int, default=0, help="seed of the audited examples and the halves")
-    lira.add_argument("--epochs", type=int)
-    lira.add_argument("--batch-size", type=int)
-    lira.add_argument("--lr", type=float)
+    lira.add_argument("--seed", type=_seed, default=0, help="seed of the audited examples and the halves")
+    lira.add_argument("--epochs", type=_integer)
+    lira.add_argument("--batch-size", type=_integer)
+    lira.add_argument("--lr", type=_finite)
     lira.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
-    lira.add_argument("--models-per-device", type=int,
+    lira.add_argument("--models-per-device", type=_integer,
                       help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
     _add_execution_flags(lira)
 
@@ -151,16 +194,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time the compiled CU and train steps on synthetic data")
     bench.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
-    bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
-    bench.add_argument("--batch", type=int, default=64,
+    bench.add_argument("--width", type=_finite, default=1.0, help="channel width multiplier (default 1)")
+    bench.add_argument("--batch", type=_integer, default=64,
                        help="B: the CU step takes B forget + B retain images, the train step 2B (default 64)")
-    bench.add_argument("--image-size", type=int, default=32, help="height and width of the images (default 32)")
-    bench.add_argument("--channels", type=int, default=3)
-    bench.add_argument("--classes", type=int, default=10)
-    bench.add_argument("--steps", type=int, default=5, help="optimizer steps per timed call, one compiled scan")
-    bench.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up call (median)")
-    bench.add_argument("--seed", type=int, default=0, help="seed of the model, the images and the batches")
-    bench.add_argument("--models", type=int, default=1, metavar="K",
+    bench.add_argument("--image-size", type=_integer, default=32, help="height and width of the images (default 32)")
+    bench.add_argument("--channels", type=_integer, default=3)
+    bench.add_argument("--classes", type=_integer, default=10)
+    bench.add_argument("--steps", type=_integer, default=5, help="optimizer steps per timed call, one compiled scan")
+    bench.add_argument("--repeats", type=_integer, default=5, help="timed calls after one warm-up call (median)")
+    bench.add_argument("--seed", type=_seed, default=0, help="seed of the model, the images and the batches")
+    bench.add_argument("--models", type=_integer, default=1, metavar="K",
                        help="also time K models side by side, one after another and vmapped (default 1: off)")
     bench.add_argument("--json", help="also write every figure as JSON to this path")
     _add_execution_flags(bench)
@@ -338,7 +381,11 @@ def in_flags(message: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Run one command; returns the exit status (2 for bad input, argument errors included)."""
+    try:
+        args = _build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse has printed its one line (or the help)
+        return stop.code if isinstance(stop.code, int) else 2
     handlers = {"train": _train, "unlearn": _unlearn, "evaluate": _evaluate, "report": _report, "demo": _demo,
                 "bench": _bench, "experiment": _experiment, "audit": _audit,
                 "ulira": _ulira}
@@ -357,6 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxunlearn: interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130
+    except OSError as error:  # the system refuses a path given (too long, no space, not allowed)
+        where = f": {error.filename}" if error.filename else ""
+        print(f"jaxunlearn: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a failure no check foresaw: one line; the traceback when asked for
+        if os.environ.get("JAXUNLEARN_TRACEBACK"):
+            raise
+        detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        print(f"jaxunlearn: internal error: {type(error).__name__}: {detail} (JAXUNLEARN_TRACEBACK=1 shows "
+              f"where; please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

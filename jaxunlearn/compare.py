@@ -1,12 +1,13 @@
 """`jaxunlearn report`: evaluate several runs of one experiment against the retrained one and report them."""
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from jaxunlearn.data.splits import Split
 from jaxunlearn.errors import UserError
+from jaxunlearn.files import check_writable, read_log
 from jaxunlearn.report import RunSummary, write_report
 from jaxunlearn.run import Run
 from jaxunlearn.runs import evaluate_run, run_embeddings
@@ -16,7 +17,7 @@ EMBEDDED_RETAIN = 2000
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [record for _, record in read_log(path)]
 
 
 def _run_name(run: Run) -> str:
@@ -32,6 +33,10 @@ def collect_runs(runs: list[Run]) -> tuple[dict[str, Run], Split]:
     for run in unlearning[1:]:
         if run.split.content_hash() != split.content_hash():
             raise UserError(f"{run.path} forgot another split than {unlearning[0].path}; report compares one experiment")
+    sources = {os.path.realpath(run.config.get("source", "")) for run in unlearning}
+    if len(sources) > 1:
+        raise UserError(f"the runs unlearn different originals ({', '.join(sorted(sources))}); report compares "
+                        f"one experiment")
     named: dict[str, Run] = {"original": unlearning[0].source}
     for run in runs:
         name = _run_name(run)
@@ -45,6 +50,9 @@ def report_runs(runs: list[str | Path], out_dir: str | Path) -> list[Path]:
     """Evaluate every run (with the retrained one as reference when present) and write the report.
 
     Every run is loaded once (`jaxunlearn.run.Run`) and the dataset once for all of them."""
+    if not str(out_dir).strip():
+        raise UserError("`out_dir` is empty")
+    check_writable(Path(out_dir) / "report.md", "`out_dir`")
     loaded = [Run(run) for run in runs]
     for run in loaded:
         run.config  # UserError for a directory that is no run

@@ -11,11 +11,15 @@ from jaxunlearn.data.splits import ForgetSpec, Pairing, parse_forget
 from jaxunlearn.errors import UserError
 
 
+MAX_COUNT = 10**7
+"""The largest integer setting accepted (epochs, batch sizes, steps, seeds of numpy draws aside)."""
+
+
 class Hparams:
     """The base of every method's hyperparameters, a frozen dataclass with at least `epochs` and `batch_size`.
 
     `validate()` refuses values out of range before a run writes anything. The base checks what methods share,
-    by field name: every float finite; epochs, batch_size and retain_per_forget at least 1; learning rates
+    by field name: every number non-negative, every float finite, every integer at most `MAX_COUNT`; epochs, batch_size and retain_per_forget at least 1; learning rates
     and temperatures positive; momentum in [0, 1); weight decay non-negative. A method with more to check
     overrides `validate`, calling this one first.
     """
@@ -28,6 +32,10 @@ class Hparams:
             name, value = field.name, getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{name} must be finite, got {value}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise UserError(f"{name} must be >= 0, got {value}")
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_COUNT:
+                raise UserError(f"{name} must be at most {MAX_COUNT}, got {value}")
             if name in ("epochs", "batch_size", "retain_per_forget") and value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
             if name.endswith(("learning_rate", "temperature")) and not value > 0:
@@ -120,8 +128,13 @@ def as_forget_spec(forget: ForgetSpec | str) -> ForgetSpec:
 
 
 def train_config_from_json(fields: dict[str, Any]) -> TrainConfig:
-    """Inverse of `to_json` for a TrainConfig."""
-    return TrainConfig(**{**fields, "recipe": SupervisedHparams(**fields["recipe"])})
+    """Inverse of `to_json` for a TrainConfig, validated; UserError for fields that do not make one."""
+    try:
+        config = TrainConfig(**{**fields, "recipe": SupervisedHparams(**fields["recipe"])})
+        config.validate()
+    except (TypeError, KeyError, ValueError) as error:
+        raise UserError(f"not a valid training configuration ({type(error).__name__}: {error})") from None
+    return config
 
 
 def to_json(config: Any) -> Any:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, as_forget_spec, override, to_json
-from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, parse_forget
+from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, make_split, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import write_json
+from jaxunlearn.files import check_writable, write_json
 from jaxunlearn.evaluation.relearn import RelearnSettings
 from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
@@ -92,7 +92,7 @@ def load_protocol(path: str | Path) -> ExperimentProtocol:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # the file is the user's code: any error is its own, shown in one line
+    except (Exception, SystemExit) as error:  # the file is the user's code: any error is its own, in one line
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UserError(f"protocol file {path} fails to import: {type(error).__name__}: {detail}") from None
     protocol = getattr(module, "PROTOCOL", None)
@@ -118,6 +118,7 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
         raise UserError(f"protocol {protocol.name} has no method {', '.join(sorted(unknown))}")
     out = Path(out_dir)
     results_path = out / "results.json"
+    _preflight(protocol, seeds, runs_dir, results_path, data_dir, execution)
     results = _load_results(results_path, protocol)
     relearn = RelearnSettings(max_steps=protocol.relearn_steps)
     for seed in seeds:
@@ -153,6 +154,18 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
         record_runs(results, Path(runs_dir) / protocol.name, out)
         write_experiment_report(results, out)
     return results
+
+
+def _preflight(protocol: ExperimentProtocol, seeds: tuple[int, ...], runs_dir: str | Path, results_path: Path,
+               data_dir: str | None, execution: Execution) -> None:
+    """What can be refused before the first run: the devices, the output places, the dataset and the forget
+    spec on it for every seed (the configurations are `ExperimentProtocol.check`'s)."""
+    execution.mesh()
+    check_writable(results_path, "`out`")
+    check_writable(Path(runs_dir) / protocol.name / "seed0" / "original", "`runs_dir`")
+    dataset = training_data(dataclasses.replace(protocol.train, data_dir=data_dir or protocol.train.data_dir))
+    for seed in seeds:
+        make_split(protocol.forget, dataset.train_labels, dataset.num_classes, pairing=protocol.pairing, seed=seed)
 
 
 def record_runs(results: dict[str, Any], root: Path, out_dir: Path) -> None:

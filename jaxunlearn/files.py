@@ -53,6 +53,27 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
         raise UserError(f"cannot write {what} {path}: {existing} is not a writable directory")
 
 
+def read_log(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """The (line, record) pairs of a JSON-lines log ([] when there is none). A last line torn by a kill
+    mid-write is dropped; any other line that is not a JSON object is a UserError."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError
+        except ValueError:
+            if number == len(lines):
+                break
+            raise UserError(f"{path} line {number} is not a log line; the run's logs are corrupt") from None
+        records.append((line, record))
+    return records
+
+
 def is_leftover(path: Path) -> bool:
     """A temporary file that `atomic_write` leaves behind only when the process was killed mid-write."""
     return path.is_file() and path.name.endswith(".tmp")

@@ -96,6 +96,8 @@ class Run:
         """The metadata of the latest checkpoint: epoch, evaluation, seconds, steps; UserError when the
         checkpoint was written for another configuration than config.json."""
         meta = checkpoint.read_meta(self.path)
+        if not all(isinstance(meta.get(name), int) for name in ("epoch", "steps")):
+            raise UserError(f"{self.path}: its latest checkpoint's metadata lacks the epoch and step counts")
         if meta.get("config_hash") != config_hash(self.config):
             raise UserError(f"{self.path}: its latest checkpoint was written for another configuration than "
                             f"its config.json")
@@ -110,10 +112,12 @@ class Run:
     def train_config(self) -> TrainConfig:
         """The training configuration of the run's model (an unlearning run's: its original's)."""
         fields = self.config["config"] if self.kind == "train" else self.config.get("train_config")
+        if not isinstance(fields, dict):
+            raise UserError(f"corrupt {self.path / 'config.json'}: no training configuration")
         try:
             return train_config_from_json(fields)
-        except (TypeError, KeyError) as error:
-            raise UserError(f"corrupt {self.path / 'config.json'}: no valid training configuration ({error})") from None
+        except UserError as error:
+            raise UserError(f"corrupt {self.path / 'config.json'}: {error}") from None
 
     @property
     def seeds(self) -> list[int] | None:

@@ -51,6 +51,12 @@ def corrupt_meta(text: str):
     return setup
 
 
+def dataset_a_number(tmp, copy):
+    config = json.loads((copy / "config.json").read_text())
+    config["config"]["dataset"] = 5
+    (copy / "config.json").write_text(json.dumps(config))
+
+
 def tampered_split(tmp, copy):
     """The file the class-5 split would be loaded from holds the split of class 3."""
     assert main(["evaluate", "--from", str(copy), "--forget", "class:3", "--relearn-steps", "0"]) == 0
@@ -111,7 +117,7 @@ CASES = {
     "width 0": Case(TRAIN + " --width 0", "width"),
     "width too large for memory": Case(TRAIN + " --width 16", "GiB"),
     "seed -1": Case(TRAIN + " --seed -1", "seed"),
-    "lr nan": Case(TRAIN + " --lr nan", "learning_rate"),
+    "lr nan": Case(TRAIN + " --lr nan", "--lr"),
     "lr negative": Case(TRAIN + " --lr -0.1", "learning_rate"),
     "momentum nan": Case(TRAIN + " --momentum nan", "momentum"),
     "epochs -1": Case(TRAIN + " --epochs -1", "epochs"),
@@ -126,6 +132,15 @@ CASES = {
     "unlearning epochs -3": Case(UNLEARN + " --epochs -3", "epochs"),
     "relearn steps -1": Case("evaluate --from {source} --relearn-steps -1", "--relearn-steps"),
     "empty workdir": Case("train --dataset digits --workdir ", "--workdir"),
+    "seed beyond 2^32": Case(TRAIN + " --seed 1000000000000000000000000000000", "--seed"),
+    "epochs 10^30": Case(UNLEARN + " --epochs 1000000000000000000000000000000", "--epochs"),
+    "batch size 10^30 as --hp": Case(UNLEARN + " --hp batch_size=1000000000000000000000000000000", "batch_size"),
+    "a negative weight": Case(UNLEARN + " --hp lambda_ce=-1", "lambda_ce"),
+    "negative decay epochs": Case(UNLEARN.replace("contrastive", "scrub") + " --hp lr_decay_epochs=-1",
+                                  "lr_decay_epochs"),
+    "bench width inf": Case("bench --width inf", "--width"),
+    "bench image size 10^30": Case("bench --image-size 1000000000000000000000000000000", "--image-size"),
+    "distributed without a cluster": Case(TRAIN + " --distributed", "--distributed"),
     # names and paths
     "empty dataset": Case(TRAIN + " --dataset ", "dataset"),
     "dataset is a path": Case(TRAIN + " --dataset /etc", "dataset"),
@@ -135,7 +150,15 @@ CASES = {
     "workdir in use": Case(UNLEARN, "in use by process", held_lock),
     "demo json unwritable": Case("demo --json {tmp}/f/demo.json", "--json", a_file("f")),
     "bench json unwritable": Case("bench --width 0.0625 --json {tmp}/f/bench.json", "--json", a_file("f")),
+    "report into a file": Case("report {copy} --out {tmp}/f/report", "--out", a_file("f")),
+    "report into ''": Case("report {copy} --out ", "--out"),
+    "audit into the original": Case("audit --from {copy} --forget class:5 --method finetune --models 2 "
+                                    "--workdir {copy}/audit", "inside the original's run"),
+    "audit into a file": Case("audit --from {copy} --forget class:5 --method finetune --models 2 "
+                              "--workdir {tmp}/f", "--workdir", a_file("f")),
     # damaged runs
+    "config.json dataset a number": Case(FROM_COPY, "config.json", dataset_a_number),
+    "checkpoint meta without an epoch": Case(FROM_COPY, "lacks the epoch", corrupt_meta('{"steps": 1}')),
     "config.json empty": Case(FROM_COPY, "config.json", corrupt_config("")),
     "config.json not JSON": Case(FROM_COPY, "config.json", corrupt_config("{")),
     "config.json a list": Case(FROM_COPY, "config.json", corrupt_config("[1, 2]")),
@@ -163,6 +186,18 @@ CASES = {
     "protocol hparams out of range": Case(
         "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "temperature",
         protocol_file(PROTOCOL.format(methods=("contrastive",), hparams={"contrastive": {"temperature": "-1"}}))),
+    "protocol exits": Case("experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "SystemExit",
+                           protocol_file("import sys\nsys.exit(3)")),
+    "protocol of an impossible class": Case(
+        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "class",
+        protocol_file(PROTOCOL.format(methods=("finetune",), hparams={}).replace("class:5", "class:99"))),
+    "experiment on 0 devices": Case(
+        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out --devices 0", "--devices",
+        protocol_file(PROTOCOL.format(methods=("finetune",), hparams={}))),
+    "experiment out a file": Case(
+        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/f/out", "--out",
+        lambda tmp, copy: (a_file("f")(tmp, copy),
+                           protocol_file(PROTOCOL.format(methods=("finetune",), hparams={}))(tmp, copy))),
     # hosts
     "coordinator port 0": Case(TRAIN + " --coordinator 127.0.0.1:0 --num-processes 2 --process-id 0", "port"),
     "coordinator port too large": Case(TRAIN + " --coordinator 127.0.0.1:99999 --num-processes 2 --process-id 0",

@@ -174,3 +174,15 @@ def test_equivalent_spellings_of_a_configuration_resume_the_same_run(digits_run,
     assert main([*first, "--from", str(spelled), "--hp", "learning_rate=1e-3"]) == 0  # the same run: resumed
     assert main([*first, "--from", str(source), "--lr", "0.002"]) == 2
     assert "holds a run with another configuration" in capsys.readouterr().err
+
+
+def test_a_log_with_a_torn_last_line_reads_without_it_and_a_damaged_middle_is_refused(tmp_path):
+    from jaxunlearn.errors import UserError
+    from jaxunlearn.files import read_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert [record["step"] for _, record in read_log(log)] == [1, 2]
+    log.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(UserError, match="line 2 is not a log line"):
+        read_log(log)

@@ -35,7 +35,7 @@ from jaxunlearn.engine.parallel import (
 )
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.errors import TrainingDiverged, UserError
-from jaxunlearn.files import write_text
+from jaxunlearn.files import read_log, write_text
 
 Batch = dict[str, tuple[jax.Array, jax.Array]]
 """role ("train", "forget", "retain") → (images float32 [B, H, W, C], labels int32 [B]), this device's shard."""
@@ -607,22 +607,10 @@ def _append_log(path: Path, step_metrics: dict[str, np.ndarray], first_step: int
 
 def _truncate_log(path: Path, last_step: int) -> None:
     """Cut a log back to the restored checkpoint's step, atomically: the lines past it were written by a run
-    killed before its next checkpoint was complete, and a last line torn by the kill is dropped with them.
-    UserError for a line that cannot be read anywhere else."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            if number == len(lines):
-                break  # torn by a kill mid-write
-            raise UserError(f"{path} line {number} is not a log line; the run's logs are corrupt") from None
-        if step <= last_step:
-            kept.append(line)
-    write_text(path, "".join(line + "\n" for line in kept))
+    killed before its next checkpoint was complete (a last line torn by the kill goes with them)."""
+    if path.exists():
+        kept = [line for line, record in read_log(path) if record.get("step", last_step + 1) <= last_step]
+        write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _progress(label: str, epoch: int, epochs: int, step_metrics: dict[str, np.ndarray],

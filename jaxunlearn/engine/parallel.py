@@ -69,7 +69,10 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
         if num_processes is not None or process_id is not None:
             raise UserError("`num_processes` and `process_id` need a `coordinator` HOST:PORT")
         if auto:
-            jax.distributed.initialize()
+            try:
+                jax.distributed.initialize()
+            except (ValueError, RuntimeError) as error:
+                raise UserError(f"`distributed` found no cluster to join: {error}") from None
         return
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:

@@ -63,9 +63,12 @@ class ScrubHparams(Hparams):
 def parse_epochs(text: str) -> tuple[int, ...]:
     """"3,5,9" → (3, 5, 9); "" → (); anything else raises UserError."""
     try:
-        return tuple(int(item) for item in text.split(",") if item.strip())
+        epochs = tuple(int(item) for item in text.split(",") if item.strip())
     except ValueError:
         raise UserError(f"lr_decay_epochs must be comma-separated integers, got {text!r}") from None
+    if any(epoch < 0 for epoch in epochs):
+        raise UserError(f"lr_decay_epochs must be epochs >= 0, got {text!r}")
+    return epochs
 
 
 def sample_distill_kl(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float) -> jax.Array:
