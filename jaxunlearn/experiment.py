@@ -162,7 +162,7 @@ def _preflight(protocol: ExperimentProtocol, seeds: tuple[int, ...], runs_dir: s
     spec on it for every seed (the configurations are `ExperimentProtocol.check`'s)."""
     execution.mesh()
     check_writable(results_path, "`out`")
-    check_writable(Path(runs_dir) / protocol.name / "seed0" / "original", "`runs_dir`")
+    check_writable(Path(runs_dir) / protocol.name / "seed0" / "original" / "config.json", "`runs_dir`")
     dataset = training_data(dataclasses.replace(protocol.train, data_dir=data_dir or protocol.train.data_dir))
     for seed in seeds:
         make_split(protocol.forget, dataset.train_labels, dataset.num_classes, pairing=protocol.pairing, seed=seed)
