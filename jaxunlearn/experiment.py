@@ -12,6 +12,7 @@ Layout: RUNS/<protocol>/seed<S>/{original, retrain, <method>...}; OUT/{results.j
 """
 
 import dataclasses
+import importlib.machinery
 import importlib.util
 import json
 import shutil
@@ -88,7 +89,8 @@ def load_protocol(path: str | Path) -> ExperimentProtocol:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no protocol file {path}")
-    spec = importlib.util.spec_from_file_location(f"jaxunlearn_protocol_{path.stem}", path)
+    loader = importlib.machinery.SourceFileLoader(f"jaxunlearn_protocol_{path.stem}", str(path))
+    spec = importlib.util.spec_from_file_location(loader.name, path, loader=loader)  # any suffix
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -5,6 +5,7 @@ import json
 import os
 import secrets
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -49,8 +50,12 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a file")
     existing = next(p for p in path.absolute().parents if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {what} {path}: {existing} is not a writable directory")
+    try:  # a file created and removed at once: permissions alone do not tell (root, /proc, read-only mounts)
+        if not existing.is_dir():
+            raise NotADirectoryError
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise UserError(f"cannot write {what} {path}: {existing} is not a writable directory") from None
 
 
 def read_log(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:

@@ -152,6 +152,9 @@ CASES = {
     "bench json unwritable": Case("bench --width 0.0625 --json {tmp}/f/bench.json", "--json", a_file("f")),
     "report into a file": Case("report {copy} --out {tmp}/f/report", "--out", a_file("f")),
     "report into ''": Case("report {copy} --out ", "--out"),
+    "report into /proc": Case("report {copy} --out /proc/jaxunlearn-report", "--out"),
+    "audit into /proc": Case("audit --from {copy} --forget class:5 --method finetune --models 2 "
+                             "--workdir /proc/jaxunlearn-audit", "--workdir"),
     "audit into the original": Case("audit --from {copy} --forget class:5 --method finetune --models 2 "
                                     "--workdir {copy}/audit", "inside the original's run"),
     "audit into a file": Case("audit --from {copy} --forget class:5 --method finetune --models 2 "
