@@ -21,46 +21,28 @@ from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.evaluation.relearn import RelearnSettings
 
 
-def _integer(text: str) -> int:
-    """A count or size flag: an integer in [0, MAX_COUNT] (each command checks its own lower bound)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_COUNT}, got {text}")
-    return value
+def _flag_type(convert: type, accept, rule: str):
+    """An argparse type: the text converted by `convert` (int or float), refused unless `accept(value)`;
+    `rule` says what is accepted."""
+    kind = "an integer" if convert is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^32), got {text}")
-    return value
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """A time interval: a number >= 0 (inf: never before the end)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
+_integer = _flag_type(int, lambda value: 0 <= value <= MAX_COUNT, f"between 0 and {MAX_COUNT}")
+"""A count or size flag (each command checks its own lower bound)."""
+_seed = _flag_type(int, lambda value: 0 <= value < 2**32, "an integer in [0, 2^32)")
+_finite = _flag_type(float, math.isfinite, "a finite number")
+_seconds = _flag_type(float, lambda value: value >= 0, "a number of seconds >= 0")
+"""A time interval (inf: never before the end)."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -95,9 +95,7 @@ class Run:
     def meta(self) -> dict[str, Any]:
         """The metadata of the latest checkpoint: epoch, evaluation, seconds, steps; UserError when the
         checkpoint was written for another configuration than config.json."""
-        meta = checkpoint.read_meta(self.path)
-        if not all(isinstance(meta.get(name), int) for name in ("epoch", "steps")):
-            raise UserError(f"{self.path}: its latest checkpoint's metadata lacks the epoch and step counts")
+        meta = checkpoint.check_run_meta(checkpoint.read_meta(self.path), self.path)
         if meta.get("config_hash") != config_hash(self.config):
             raise UserError(f"{self.path}: its latest checkpoint was written for another configuration than "
                             f"its config.json")

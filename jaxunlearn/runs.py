@@ -81,16 +81,10 @@ def _prepare_workdir(path: Path, config: dict[str, Any]) -> tuple[RunLock, dict[
     if path.exists() and not path.is_dir():
         raise UserError(f"workdir {path} exists and is not a directory")
     created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    lock = None
     try:
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(path)
-    except OSError as error:
-        _remove_created(created)
-        raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
-    except BaseException:
-        _remove_created(created)
-        raise
-    try:
         config_file = path / "config.json"
         if config_file.exists():
             stored = Run(path).config
@@ -104,8 +98,9 @@ def _prepare_workdir(path: Path, config: dict[str, Any]) -> tuple[RunLock, dict[
                 leftover.unlink()
         write_json(config_file, config)
         return lock, config
-    except BaseException as error:
-        lock.release()
+    except BaseException as error:  # a refusal leaves the tree as it was
+        if lock is not None:
+            lock.release()
         _remove_created(created)
         if isinstance(error, OSError):
             raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None

@@ -108,6 +108,7 @@ def fashion_mnist(train_shape=(4, 3, 3), test_shape=(2, 3, 3), damage: str | Non
 TRAIN = "train --dataset digits --width 0.0625 --epochs 1 --batch-size 64 --workdir {tmp}/w"
 UNLEARN = "unlearn --method contrastive --forget class:5 --from {source} --workdir {tmp}/w"
 FROM_COPY = "unlearn --method finetune --forget class:5 --from {copy} --workdir {tmp}/w"
+EXPERIMENT = "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out"
 UNREACHABLE = "--coordinator 127.0.0.1:{port} --num-processes 2 --process-id 1 --coordinator-timeout 1"
 
 CASES = {
@@ -177,25 +178,25 @@ CASES = {
                                          "one shape", fashion_mnist(test_shape=(2, 4, 4))),
     # protocols
     "protocol missing": Case("experiment {tmp}/none.py --runs-dir {tmp}/runs --out {tmp}/out", "no protocol file"),
-    "protocol syntax error": Case("experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "SyntaxError",
+    "protocol syntax error": Case(EXPERIMENT, "SyntaxError",
                                   protocol_file("PROTOCOL = (")),
-    "protocol raises": Case("experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "ZeroDivisionError",
+    "protocol raises": Case(EXPERIMENT, "ZeroDivisionError",
                             protocol_file("1 / 0")),
-    "protocol without PROTOCOL": Case("experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out",
+    "protocol without PROTOCOL": Case(EXPERIMENT,
                                       "no PROTOCOL", protocol_file("x = 1")),
     "protocol of an unknown method": Case(
-        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "unknown method",
+        EXPERIMENT, "unknown method",
         protocol_file(PROTOCOL.format(methods=("nope",), hparams={}))),
     "protocol hparams out of range": Case(
-        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "temperature",
+        EXPERIMENT, "temperature",
         protocol_file(PROTOCOL.format(methods=("contrastive",), hparams={"contrastive": {"temperature": "-1"}}))),
-    "protocol exits": Case("experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "SystemExit",
+    "protocol exits": Case(EXPERIMENT, "SystemExit",
                            protocol_file("import sys\nsys.exit(3)")),
     "protocol of an impossible class": Case(
-        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out", "class",
+        EXPERIMENT, "class",
         protocol_file(PROTOCOL.format(methods=("finetune",), hparams={}).replace("class:5", "class:99"))),
     "experiment on 0 devices": Case(
-        "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/out --devices 0", "--devices",
+        EXPERIMENT + " --devices 0", "--devices",
         protocol_file(PROTOCOL.format(methods=("finetune",), hparams={}))),
     "experiment out a file": Case(
         "experiment {tmp}/p.py --runs-dir {tmp}/runs --out {tmp}/f/out", "--out",

@@ -92,6 +92,19 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     return _checked_meta(meta, path)
 
 
+RUN_META = ("epoch", "steps", "finished", "evaluation", "seconds")
+"""What the metadata of every checkpoint of a run holds (`jaxunlearn.engine.loop.fit` writes it)."""
+
+
+def check_run_meta(meta: dict[str, Any], where: Any) -> dict[str, Any]:
+    """`meta` if it holds the fields of `RUN_META` (epoch and steps as integers); UserError otherwise."""
+    if not (isinstance(meta.get("epoch"), int) and isinstance(meta.get("steps"), int)
+            and all(name in meta for name in RUN_META)):
+        raise UserError(f"corrupt checkpoint metadata in {where}: it lacks the epoch, steps, finished, "
+                        f"evaluation and seconds a run writes")
+    return meta
+
+
 def _checked_meta(meta: Any, where: Any) -> dict[str, Any]:
     """`meta` if it is a mapping, as every saved metadata is; UserError otherwise."""
     if not isinstance(meta, dict):

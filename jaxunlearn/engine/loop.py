@@ -520,10 +520,7 @@ def _resume(manager, runner, state, meta: dict[str, Any], logs: tuple[Path, Path
     if latest is None:
         return state, {**meta, "epoch": 0, "finished": False, "evaluation": {}, "seconds": 0.0, "steps": 0}
     restored, last = checkpoint.restore_state(manager, latest, runner.saved(state))
-    if not isinstance(last.get("epoch"), int) or not isinstance(last.get("steps"), int) or \
-            not all(name in last for name in ("finished", "evaluation", "seconds")):
-        raise UserError(f"corrupt checkpoint metadata in {manager.directory} step {latest}: it lacks the "
-                        f"epoch, steps, finished, evaluation and seconds a run writes")
+    checkpoint.check_run_meta(last, f"{manager.directory} step {latest}")
     state = runner.restored(restored, last)
     if is_main_process():
         for path in logs:
