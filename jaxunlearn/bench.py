@@ -34,12 +34,13 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn.config import MAX_WIDTH, SupervisedHparams
+from jaxunlearn.config import MAX_WIDTH, SupervisedHparams, check_precision
 from jaxunlearn.data.splits import ForgetSpec, Split, make_split
 from jaxunlearn.engine.ensemble import (
     make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
 )
-from jaxunlearn.engine.loop import Block, LossFn, make_epoch_fn, make_train_step, place_blocks, resolve_loop
+from jaxunlearn.engine.loop import Block, make_epoch_fn, place_blocks, resolve_loop
+from jaxunlearn.engine.step import LossFn, make_train_step
 from jaxunlearn.engine.parallel import (
     AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, data_mesh, local_replica, replicate,
 )
@@ -48,8 +49,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Context
 from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer
-from jaxunlearn.models import create_model
-from jaxunlearn.models.resnet import ARCHITECTURES
+from jaxunlearn.models import MODELS, create_model
 
 StepKind = Literal["cu", "train"]
 STEP_KINDS: tuple[str, ...] = get_args(StepKind)
@@ -65,11 +65,13 @@ class BenchConfig:
     devices: how many of `jax.devices()` to use (None = all); epoch_loop: "scan", "steps" or "auto" (see
     `make_epoch_fn`); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
     models: K > 1 also times K models side by side (`jaxunlearn.engine.ensemble`), one after another and
-    vmapped, each step of each model on the same batch size.
+    vmapped, each step of each model on the same batch size. precisions: each is timed ("f32", "bf16").
     """
 
     model: str = "resnet18"
     width: float = 1.0
+    depth: int | None = None
+    precisions: tuple[str, ...] = ("f32",)
     batch: int = 64
     image_size: int = 32
     channels: int = 3
@@ -89,8 +91,14 @@ class BenchConfig:
 
 def check_config(config: BenchConfig, available_devices: int) -> None:
     """Raise UserError (one line) for a configuration the bench cannot run."""
-    if config.model not in ARCHITECTURES:
-        raise UserError(f"unknown model {config.model!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if config.model not in MODELS:
+        raise UserError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
+    if not config.precisions or len(set(config.precisions)) < len(config.precisions):
+        raise UserError(f"`precisions` must name each precision once, got {list(config.precisions)}")
+    for precision in config.precisions:
+        check_precision(precision)
+    if config.depth is not None and config.depth < 1:
+        raise UserError(f"`depth` must be >= 1, got {config.depth}")
     if config.backend not in BACKENDS:
         raise UserError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
     if config.epoch_loop not in EPOCH_LOOPS:
@@ -298,13 +306,16 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     plans = step_plans(config, split)
     procedures = step_procedures(config, split, labels)
     figures = {}
-    new_model = lambda: create_model(config.model, config.classes, in_channels=config.channels,
-                                     width=config.width, seed=config.seed, bn_axis_name=AXIS)
-    for kind in STEP_KINDS:
-        loss_fn, tx = procedures[kind]
-        figures[kind] = bench_step(config, mesh, new_model(), data, loss_fn, tx, plans[kind])
-        if config.models > 1:  # a model of its own: the step donated the first one's buffers
-            figures[kind]["models"] = bench_models(config, new_model(), data, loss_fn, tx, plans[kind])
+    for precision in config.precisions:
+        new_model = lambda: create_model(
+            config.model, config.classes, in_channels=config.channels, image_size=(config.image_size,) * 2,
+            width=config.width, depth=config.depth, seed=config.seed, bn_axis_name=AXIS, precision=precision)
+        for kind in STEP_KINDS:
+            loss_fn, tx = procedures[kind]
+            name = kind if precision == "f32" else f"{kind} {precision}"
+            figures[name] = bench_step(config, mesh, new_model(), data, loss_fn, tx, plans[kind])
+            if config.models > 1:  # a model of its own: the step donated the first one's buffers
+                figures[name]["models"] = bench_models(config, new_model(), data, loss_fn, tx, plans[kind])
     return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop), "steps": figures}
 
 
@@ -312,8 +323,9 @@ def format_report(result: dict[str, Any]) -> str:
     """A readable table of `run_bench`'s result."""
     config, env = result["config"], result["environment"]
     size = f"{config['image_size']}×{config['image_size']}×{config['channels']}"
+    depth = "" if config.get("depth") is None else f", depth {config['depth']}"
     lines = [
-        f"{config['model']} width {config['width']:g}, {size}, {config['classes']} classes, "
+        f"{config['model']} width {config['width']:g}{depth}, {size}, {config['classes']} classes, "
         f"{config['steps']} steps per call, median of {config['repeats']} calls after 1 warm-up",
         f"CU step: {config['batch']} forget + {config['batch']} retain images; train step: "
         f"{2 * config['batch']} images (same images per step)",
@@ -321,12 +333,12 @@ def format_report(result: dict[str, Any]) -> str:
         f"{env['devices_available']} devices, {config['backend']}, {env['epoch_loop']} loop, {env['cpu_count']} CPUs, "
         f"XLA_FLAGS={env['xla_flags'] or '(none)'}",
         "",
-        f"{'step':6s} {'ms/step':>9s} {'images/s':>9s} {'compile s':>9s} {'peak MiB':>9s} "
+        f"{'step':10s} {'ms/step':>9s} {'images/s':>9s} {'compile s':>9s} {'peak MiB':>9s} "
         f"{'GFLOP/step':>10s} {'GFLOP/s':>8s}",
     ]
     for kind, figures in result["steps"].items():
         lines.append(
-            f"{kind:6s} {figures['ms_per_step']:9.1f} {figures['images_per_second']:9.1f} "
+            f"{kind:10s} {figures['ms_per_step']:9.1f} {figures['images_per_second']:9.1f} "
             f"{figures['compile_seconds']:9.1f} {figures['memory_per_device']['peak_bytes'] / 2**20:9.1f} "
             f"{figures['flops_per_step'] / 1e9:10.3f} {figures['flops_per_second'] / 1e9:8.1f}"
         )
@@ -338,5 +350,5 @@ def format_report(result: dict[str, Any]) -> str:
             cells = [f"{layout.replace('_', ' ')} ({f['models_per_device']}/device on {f['devices']}) "
                      f"{f['ms_per_model_step']:.1f} ({f['model_steps_per_second']:.1f})"
                      for layout, f in figures["models"].items()]
-            lines.append(f"{kind:6s} " + "; ".join(cells))
+            lines.append(f"{kind:10s} " + "; ".join(cells))
     return "\n".join(lines)

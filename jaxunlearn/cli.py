@@ -68,6 +68,12 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
                        help="call jax.distributed.initialize() with auto-detection (Cloud TPU, SLURM, MPI)")
 
 
+MODEL_HELP = "resnet18 | resnet34 | resnet50 | resnet101 | vit_small (default resnet18)"
+WIDTH_HELP = "channel width multiplier; for vit_small, of its dim 384 (default 1)"
+DEPTH_HELP = "vit_small's number of transformer blocks (default 12)"
+PRECISION_HELP = "f32, or bf16: bfloat16 forward and backward passes, float32 parameters and loss (default f32)"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxunlearn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -76,8 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the original model")
     train.add_argument("--dataset", default="digits", help="digits | fashion_mnist | a prepared TFDS name")
     train.add_argument("--data-dir", help="directory of the dataset files (Fashion-MNIST IDX or TFDS data_dir)")
-    train.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
-    train.add_argument("--width", type=_finite, default=1.0, help="channel width multiplier (default 1)")
+    train.add_argument("--model", default="resnet18", help=MODEL_HELP)
+    train.add_argument("--width", type=_finite, default=1.0, help=WIDTH_HELP)
+    train.add_argument("--depth", type=_integer, help=DEPTH_HELP)
+    train.add_argument("--precision", choices=("f32", "bf16"), default="f32", help=PRECISION_HELP)
     train.add_argument("--train-size", type=_integer, help="train on a fixed stratified subset of about N images")
     train.add_argument("--test-size", type=_integer, help="evaluate on a fixed stratified subset of about N images")
     train.add_argument("--epochs", type=_integer, default=defaults.epochs)
@@ -109,6 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
     unlearn.add_argument("--dataset", help="refuse to run unless the checkpoint was trained on this dataset")
     unlearn.add_argument("--model", help="refuse to run unless the checkpoint holds this model")
+    unlearn.add_argument("--precision", choices=("f32", "bf16"), default="f32", help=PRECISION_HELP)
     _add_execution_flags(unlearn)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run and write its metrics.json")
@@ -175,8 +184,11 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
 
     bench = commands.add_parser("bench", help="time the compiled CU and train steps on synthetic data")
-    bench.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50 | resnet101")
-    bench.add_argument("--width", type=_finite, default=1.0, help="channel width multiplier (default 1)")
+    bench.add_argument("--model", default="resnet18", help=MODEL_HELP)
+    bench.add_argument("--width", type=_finite, default=1.0, help=WIDTH_HELP)
+    bench.add_argument("--depth", type=_integer, help=DEPTH_HELP)
+    bench.add_argument("--precision", choices=("f32", "bf16", "both"), default="f32",
+                       help="time the steps in float32, bfloat16 compute, or both (default f32)")
     bench.add_argument("--batch", type=_integer, default=64,
                        help="B: the CU step takes B forget + B retain images, the train step 2B (default 64)")
     bench.add_argument("--image-size", type=_integer, default=32, help="height and width of the images (default 32)")
@@ -197,7 +209,7 @@ def _train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, seed=args.seed,
-        train_size=args.train_size, test_size=args.test_size,
+        train_size=args.train_size, test_size=args.test_size, depth=args.depth, precision=args.precision,
         recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay),
     )
@@ -221,7 +233,7 @@ def _unlearn(args: argparse.Namespace) -> None:
         if wanted is not None and wanted != actual:
             raise UserError(f"{args.source} holds {original.model} trained on {original.dataset}; {flag} {wanted} does not match")
     config = UnlearnConfig(method=args.method, forget=args.forget, hparams=_method_overrides(args),
-                           pairing=args.pairing, seed=args.seed, data_dir=args.data_dir)
+                           pairing=args.pairing, seed=args.seed, data_dir=args.data_dir, precision=args.precision)
     metrics = unlearn(config, args.source, args.workdir, execution=_execution(args),
                       save_every_seconds=args.save_every)
     if is_main_process():
@@ -322,7 +334,9 @@ def _bench(args: argparse.Namespace) -> None:
     jax.config.update("jax_enable_compilation_cache", False)  # time real compilations, not cache reads
     if args.json:
         check_writable(args.json, "`json`")
-    config = BenchConfig(model=args.model, width=args.width, batch=args.batch, image_size=args.image_size,
+    precisions = ("f32", "bf16") if args.precision == "both" else (args.precision,)
+    config = BenchConfig(model=args.model, width=args.width, depth=args.depth, precisions=precisions,
+                         batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
                          backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,
                          repeats=args.repeats, seed=args.seed, models=args.models)

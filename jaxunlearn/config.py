@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from jaxunlearn.data.splits import ForgetSpec, Pairing, parse_forget
 from jaxunlearn.errors import UserError
+from jaxunlearn.models.registry import MODELS, PRECISIONS
 
 
 MAX_COUNT = 10**7
@@ -69,7 +70,11 @@ class TrainConfig:
     dataset: "digits", "fashion_mnist", or a TFDS name prepared under data_dir.
     train_size, test_size: use a fixed stratified subset of about this many images (None: all), for
       CPU-scale experiments; see `jaxunlearn.data.sources.stratified_subset`.
-    model: "resnet18" | "resnet34" | "resnet50" | "resnet101"; width multiplies every channel count.
+    model: a registered model (`jaxunlearn.models.MODELS`): "resnet18" | "resnet34" | "resnet50" |
+      "resnet101" | "vit_small" or one of the user's; width multiplies every channel count (ViT: its dim),
+      depth sets a ViT's number of blocks (None: 12).
+    precision: "f32", or "bf16" for bfloat16 forward and backward passes (parameters, optimizer state,
+      BatchNorm statistics and the loss stay float32).
     """
 
     dataset: str = "digits"
@@ -80,6 +85,8 @@ class TrainConfig:
     recipe: SupervisedHparams = SupervisedHparams()
     train_size: int | None = None
     test_size: int | None = None
+    depth: int | None = None
+    precision: str = "f32"
 
     def validate(self) -> None:
         """UserError for a value out of range (the dataset's own sizes are checked when it is loaded)."""
@@ -90,10 +97,18 @@ class TrainConfig:
             raise UserError(f"width must be in (0, {MAX_WIDTH}], got {self.width}")
         if not 0 <= self.seed < 2**32:
             raise UserError(f"seed must be in [0, 2^32), got {self.seed}")
-        for name in ("train_size", "test_size"):
+        if self.model not in MODELS:
+            raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        check_precision(self.precision)
+        for name in ("train_size", "test_size", "depth"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.recipe.validate()
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9.]+)?")
@@ -108,7 +123,8 @@ class UnlearnConfig:
 
     forget: what to forget, given as a `ForgetSpec` or its text ("class:5", "class:3,5", "random:500"),
       which is parsed here, once. pairing "official" reproduces the official code's splits and batch
-      pairing. hparams: the method's `--hp NAME=VALUE` overrides of its reference defaults.
+      pairing. hparams: the method's `--hp NAME=VALUE` overrides of its reference defaults. precision: as
+      in TrainConfig, for the unlearning steps (evaluation runs in float32).
     """
 
     method: str
@@ -117,9 +133,11 @@ class UnlearnConfig:
     pairing: Pairing = "default"
     seed: int = 0
     data_dir: str | None = None
+    precision: str = "f32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "forget", as_forget_spec(self.forget))
+        check_precision(self.precision)
 
 
 def as_forget_spec(forget: ForgetSpec | str) -> ForgetSpec:

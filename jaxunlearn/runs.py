@@ -31,16 +31,17 @@ from jaxunlearn.data.sources import Dataset
 from jaxunlearn.data.splits import (ForgetSpec, Pairing, Split, index_hash, load_split, make_split, save_indices,
                                     save_split)
 from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
-from jaxunlearn.engine.loop import Procedure, eval_forward, fit, steps_in
+from jaxunlearn.engine.loop import Procedure, fit, steps_in
+from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, write_json
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
+from jaxunlearn.evaluation.model import evaluate_model
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
-from jaxunlearn.evaluation.shallow import recompute_batch_stats
-from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, probe_metrics, reference_metrics
+from jaxunlearn.evaluation.suite import reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
@@ -122,12 +123,25 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             return {key: strip(item) for key, item in value.items() if key != "data_dir"}
         return value
+    config = dict(config)
+    for key, fields_of in (("config", TrainConfig if config.get("kind") == "train" else UnlearnConfig),
+                           ("train_config", TrainConfig)):
+        if isinstance(config.get(key), dict):
+            config[key] = _with_defaults(config[key], fields_of)
     result = strip(config)
     if isinstance(result.get("config"), dict) and "hparams" in result:
         result["config"] = {key: item for key, item in result["config"].items() if key != "hparams"}
     if isinstance(result.get("source"), str):
         result["source"] = os.path.realpath(result["source"])
     return result
+
+
+def _with_defaults(fields: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """`fields` of a `config_class` with the defaults of the fields it lacks: a run recorded before a field
+    was added is the same configuration as one that sets it to its default."""
+    defaults = {field.name: to_json(field.default) for field in dataclasses.fields(config_class)
+                if field.default is not dataclasses.MISSING}
+    return {**defaults, **fields}
 
 
 def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
@@ -164,7 +178,8 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         stack_plans(first)
     check_memory(config, dataset, len(members))
     initial = [model_state(config, dataset, initialise=True, seed=seed) for seed in members]
-    graphdef = initial[0][0]
+    graphdef = initial[0][0]  # float32: evaluation
+    step_graphdef = model_state(config, dataset, initialise=False, precision=config.precision)[0]
     run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
     with open_workdir(workdir, run_config) as (workdir, run_config):
         meta = {"config_hash": config_hash(run_config)}
@@ -182,7 +197,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
             should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
         )
         states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
-        state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
+        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, _host_labels(dataset),
@@ -384,7 +399,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     if ensemble is not None:
         stack_plans(first)
     starts = _starting_models(method, original, dataset, source, members, source_seeds)
-    graphdef = starts[0][0]
+    graphdef = starts[0][0]  # float32: evaluation
+    step_graphdef = model_state(original, dataset, initialise=False, precision=config.precision)[0]
 
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
@@ -423,7 +439,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
         )
         meta = {"config_hash": config_hash(run_config)}
-        state, last = fit(procedure, graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
+        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, labels, parts[k]))
@@ -484,20 +500,8 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
         _reference_run(reference, run, split)
     dataset, data, predict = run.dataset, run.data, run.predict
     graphdef, params, batch_stats = run.model()
-    labels = _host_labels(dataset)
-    if split is None:
-        parts = {"train": ("train", np.arange(len(dataset.train_labels))),
-                 "test": ("test", np.arange(len(dataset.test_labels)))}
-        metrics = evaluate_parts(predict, params, batch_stats, data, labels, parts)
-    else:
-        parts = split_parts(split, dataset.test_labels)
-        outputs = part_outputs(predict, params, batch_stats, data, parts)
-        metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
-        metrics.update(probe_metrics(outputs, part_labels(parts, labels), split))
-        recomputed = recompute_batch_stats(graphdef, params, batch_stats, data, split.retain)
-        evaluated = {name: part for name, part in parts.items() if name != "retain_train"}
-        metrics.update({f"bn_recomputed_{name}": value for name, value in evaluate_parts(
-            predict, params, recomputed, data, labels, evaluated).items() if name.endswith("_acc")})
+    metrics = evaluate_model(graphdef, params, batch_stats, dataset, split, data=data, predict=predict)
+    if split is not None:
         _, original_params, original_stats = (original or run.source or run).model()  # a training run is its own
         metrics["l2_to_original"] = tree_l2_distance(params, original_params)
         original_logits, _ = predict(original_params, original_stats, data.train_images, split.forget)
@@ -506,8 +510,10 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
         metrics.update(relearn_steps=steps, relearn_capped=capped, relearn_target_acc=target)
         if reference is not None:
             _, reference_params, reference_stats = reference.model()
-            reference_parts = {name: parts[name] for name in ("forget_train", "test")}
-            reference_outputs = part_outputs(predict, reference_params, reference_stats, data, reference_parts)
+            compared = {name: part for name, part in split_parts(split, dataset.test_labels).items()
+                        if name in ("forget_train", "test")}
+            outputs, reference_outputs = (part_outputs(predict, p, s, data, compared)
+                                          for p, s in ((params, batch_stats), (reference_params, reference_stats)))
             metrics.update(reference_metrics(outputs, reference_outputs))
             metrics["l2_to_reference"] = tree_l2_distance(params, reference_params)
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())

@@ -20,7 +20,8 @@ from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import ForgetSpec, Split, parse_forget
-from jaxunlearn.engine.loop import StepContext, steps_in
+from jaxunlearn.engine.loop import steps_in
+from jaxunlearn.engine.step import StepContext
 from jaxunlearn.engine.parallel import AXIS, data_mesh
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, split_parts

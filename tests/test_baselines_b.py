@@ -20,7 +20,7 @@ from jaxunlearn.config import TrainConfig, override
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import ForgetSpec, Split
-from jaxunlearn.engine.loop import StepContext, eval_forward
+from jaxunlearn.engine.step import StepContext, eval_forward
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, split_parts
 from jaxunlearn.losses import cross_entropy

@@ -12,7 +12,8 @@ For each method, on digits with a tiny untrained ResNet-18 (width 1/16) and smal
   atol 1e-2·lr (measured: 1.3e-4·lr for UNSIR, 1.7e-3·lr for Bad Teacher);
 - two models stepping side by side, vmapped, each with its own seed, constants and optimizer state: model 0's
   step equals the single model's (same tolerance);
-- its state after the step survives a checkpoint round trip bit for bit.
+- its state after the step survives a checkpoint round trip bit for bit;
+- it steps a user's model (`EmbeddingClassifier` of modules it has never seen) on 1 and 2 devices alike.
 """
 
 import dataclasses
@@ -28,13 +29,14 @@ from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import make_split, parse_forget
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack
-from jaxunlearn.engine.loop import eval_forward, make_epoch_fn, make_train_step, place_blocks, steps_in
+from jaxunlearn.engine.loop import make_epoch_fn, place_blocks, steps_in
+from jaxunlearn.engine.step import eval_forward, make_train_step
 from jaxunlearn.engine.parallel import AXIS, Execution, data_mesh, local_replica, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods import METHODS, Context
 from jaxunlearn.methods.base import StartingModel
-from jaxunlearn.models import create_model
+from jaxunlearn.models import EmbeddingClassifier, create_model, relu_l2_normalise
 
 SMALL = {
     "contrastive": ("random:16", {"batch_size": "16", "retain_per_forget": "2", "epochs": "1"}),
@@ -67,8 +69,32 @@ def digits():
     return dataset, DeviceData.from_dataset(dataset)
 
 
-def setup(name, dataset, data, seed=0):
-    """(hparams, context, plan of epoch 0, loss, optimizer, state, aux, graphdef) of method `name`."""
+def resnet(num_classes, seed):
+    return create_model("resnet18", num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)
+
+
+class UserEmbedding(nnx.Module):
+    """A user's embedding network with its own layer names and no `mask` argument."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(1, 8, (3, 3), strides=2, use_bias=False, rngs=rngs)  # BatchNorm follows
+        self.norm = nnx.BatchNorm(8, axis_name=AXIS, rngs=rngs)
+        self.out = nnx.Linear(8, 16, rngs=rngs)
+
+    def __call__(self, x, *, train):
+        x = nnx.relu(self.norm(self.conv(x), use_running_average=not train))
+        return relu_l2_normalise(self.out(x.mean(axis=(1, 2))))
+
+
+def user_model(num_classes, seed):
+    """An `EmbeddingClassifier`: the user's embedding network and a plain linear head."""
+    rngs = nnx.Rngs(seed)
+    return EmbeddingClassifier(UserEmbedding(rngs), nnx.Linear(16, num_classes, rngs=rngs))
+
+
+def setup(name, dataset, data, seed=0, build=resnet):
+    """(hparams, context, plan of epoch 0, loss, optimizer, state, aux, graphdef) of method `name` on the
+    model `build(num_classes, seed)`."""
     method = METHODS[name]
     forget, overrides = SMALL[name]
     split = make_split(parse_forget(forget), dataset.train_labels, dataset.num_classes, seed=0)
@@ -77,10 +103,8 @@ def setup(name, dataset, data, seed=0):
     context = Context(split=split, num_classes=dataset.num_classes, pairing="default", seed=seed,
                       train_labels=dataset.train_labels, image_shape=dataset.image_shape,
                       mean=tuple(dataset.mean), std=tuple(dataset.std))
-    model = create_model("resnet18", dataset.num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    fresh = lambda: nnx.split(create_model("resnet18", dataset.num_classes, in_channels=1, width=0.0625,
-                                           seed=seed + 1, bn_axis_name=AXIS), nnx.Param, nnx.BatchStat)[1:]
+    graphdef, params, batch_stats = nnx.split(build(dataset.num_classes, seed), nnx.Param, nnx.BatchStat)
+    fresh = lambda: nnx.split(build(dataset.num_classes, seed + 1), nnx.Param, nnx.BatchStat)[1:]
     start = StartingModel(graphdef=graphdef, params=params, batch_stats=batch_stats, forward=eval_forward(graphdef),
                           data=data, fresh=fresh)
     aux = method.prepare(hparams, context, start)
@@ -96,8 +120,8 @@ def first_step(plan):
     return [{name: columns[:1] for name, columns in plan[0].items()}]
 
 
-def one_step(name, dataset, data, devices):
-    _, _, plan, loss_fn, tx, state, aux, graphdef = setup(name, dataset, data)
+def one_step(name, dataset, data, devices, build=resnet):
+    _, _, plan, loss_fn, tx, state, aux, graphdef = setup(name, dataset, data, build=build)
     mesh = data_mesh(devices)
     state, images, labels, aux = replicate((state, data.train_images, data.train_labels, aux), mesh)
     epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, data.mean, data.std, mesh, loop="steps")
@@ -186,3 +210,18 @@ def test_two_models_vmapped_step_like_one_and_the_state_survives_a_checkpoint(na
     assert meta == {"epoch": 1}
     for a, b in zip(jax.tree.leaves(single_state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_one_step_on_a_user_model(name, digits):
+    """Every method steps a model it knows nothing of (an `EmbeddingClassifier` of the user's modules), on 1
+    and 2 devices alike."""
+    dataset, data = digits
+    single = one_step(name, dataset, data, 1, build=user_model)
+    double = one_step(name, dataset, data, 2, build=user_model)
+    assert np.all(np.isfinite(single[0])) and single[1].step == 1
+    np.testing.assert_allclose(double[0], single[0], **TOLERANCE)
+    assert_states_close(name, setup(name, dataset, data, build=user_model)[0], single[1], double[1])
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+        jax.tree.leaves(single[1].params), jax.tree.leaves(setup(name, dataset, data, build=user_model)[5].params))]
+    assert max(moved) > 0

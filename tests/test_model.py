@@ -240,7 +240,9 @@ def test_synced_batch_norm_under_shard_map_matches_global_batch():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"architecture": "resnet19"}, "resnet18, resnet34, resnet50, resnet101"),
+        ({"name": "resnet19"}, "resnet18, resnet34, resnet50, resnet101, vit_small"),
+        ({"depth": 3}, "fixed depth"),
+        ({"precision": "fp16"}, "unknown precision"),
         ({"width": 0.0}, "width must be > 0"),
         ({"width": -1.0}, "width must be > 0"),
         ({"width": 0.005}, "every stage needs >= 1 channel"),
@@ -249,7 +251,7 @@ def test_synced_batch_norm_under_shard_map_matches_global_batch():
     ],
 )
 def test_create_model_rejects_bad_settings(kwargs, message):
-    settings = {"architecture": "resnet18", "num_classes": 10, "in_channels": 3, "width": NARROW} | kwargs
+    settings = {"name": "resnet18", "num_classes": 10, "in_channels": 3, "width": NARROW} | kwargs
     with pytest.raises(UserError, match=message) as error:
         create_model(**settings)
     assert "\n" not in str(error.value)

@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: params, batch_stats, opt_state and JSON metadata per saved epoch.
 
-Layout: `RUN/checkpoints/<epoch>/{params,batch_stats,opt_state,meta}`. Orbax writes each step into a
+Layout: `RUN/checkpoints/<epoch>/{params,batch_stats,opt_state,meta}` (no batch_stats for a model without
+BatchNorm). Orbax writes each step into a
 temporary directory and renames it when complete, so a run killed mid-save leaves the previous step as the
 latest loadable one.
 """
@@ -30,16 +31,19 @@ def open_manager(run_dir: Path, *, keep: int = 2) -> ocp.CheckpointManager:
 
 def save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
     """Save the whole state under step `epoch` and wait until it is on disk."""
-    manager.save(
-        epoch,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
-            batch_stats=ocp.args.StandardSave(state.batch_stats),
-            opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "extra": state.extra, "step": state.step}),
-            meta=ocp.args.JsonSave(meta),
-        ),
+    items = dict(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "extra": state.extra, "step": state.step}),
+        meta=ocp.args.JsonSave(meta),
     )
+    if _has_leaves(state.batch_stats):  # a model without BatchNorm (ViT) has none, and Orbax saves no empty item
+        items["batch_stats"] = ocp.args.StandardSave(state.batch_stats)
+    manager.save(epoch, args=ocp.args.Composite(**items))
     manager.wait_until_finished()
+
+
+def _has_leaves(tree: Any) -> bool:
+    return bool(jax.tree.leaves(tree))
 
 
 def _abstract(tree: Any) -> Any:
@@ -52,20 +56,19 @@ def _abstract(tree: Any) -> Any:
 
 def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) -> tuple[TrainState, dict]:
     """Restore the full state saved at `epoch` into the structure and shardings of `like`."""
-    restored = manager.restore(
-        epoch,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(like.params)),
-            batch_stats=ocp.args.StandardRestore(_abstract(like.batch_stats)),
-            opt_state=ocp.args.StandardRestore(
-                _abstract({"opt_state": like.opt_state, "extra": like.extra, "step": like.step})
-            ),
-            meta=ocp.args.JsonRestore(),
+    items = dict(
+        params=ocp.args.StandardRestore(_abstract(like.params)),
+        opt_state=ocp.args.StandardRestore(
+            _abstract({"opt_state": like.opt_state, "extra": like.extra, "step": like.step})
         ),
+        meta=ocp.args.JsonRestore(),
     )
+    if _has_leaves(like.batch_stats):
+        items["batch_stats"] = ocp.args.StandardRestore(_abstract(like.batch_stats))
+    restored = manager.restore(epoch, args=ocp.args.Composite(**items))
     optimizer = restored["opt_state"]
     state = TrainState(
-        params=restored["params"], batch_stats=restored["batch_stats"],
+        params=restored["params"], batch_stats=restored.get("batch_stats", like.batch_stats),
         opt_state=optimizer["opt_state"], extra=optimizer["extra"], step=optimizer["step"],
     )
     return state, dict(_checked_meta(restored["meta"], f"{manager.directory} step {epoch}"))
@@ -129,15 +132,12 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
     )
     try:
         stored = manager.item_metadata(epoch)
-        for name, target in (("params", params), ("batch_stats", batch_stats)):
-            _check_same_shapes(f"{run_dir} (epoch {epoch})", name, _shapes(stored[name]), _shapes(target))
-        restored = manager.restore(
-            epoch,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(params)),
-                batch_stats=ocp.args.StandardRestore(_abstract(batch_stats)),
-            ),
-        )
+        targets = {"params": params, **({"batch_stats": batch_stats} if _has_leaves(batch_stats) else {})}
+        for name, target in targets.items():
+            _check_same_shapes(f"{run_dir} (epoch {epoch})", name, _shapes(stored.get(name) or {}),
+                               _shapes(target))
+        restored = manager.restore(epoch, args=ocp.args.Composite(
+            **{name: ocp.args.StandardRestore(_abstract(target)) for name, target in targets.items()}))
     except UserError:
         raise
     except Exception as error:  # Orbax raises many types for unreadable trees
@@ -146,7 +146,7 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
         raise UserError(f"cannot restore the model from {run_dir} (epoch {epoch}): {first_line}") from None
     finally:
         manager.close()
-    return restored["params"], restored["batch_stats"]
+    return restored["params"], restored.get("batch_stats", batch_stats)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -25,141 +25,22 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxunlearn.engine import checkpoint
-from jaxunlearn.data.device import DeviceData, gather_batch
+from jaxunlearn.data.device import DeviceData
 from jaxunlearn.engine.ensemble import (
     Ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack_plans, take,
 )
 from jaxunlearn.engine.parallel import (
-    AXIS, BACKENDS, EPOCH_LOOPS, PADDING_MASK, Backend, EpochLoop, Execution, is_main_process, local_replica,
+    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, is_main_process, local_replica,
     pad_to_devices, replicate, shard_columns,
 )
 from jaxunlearn.engine.state import TrainState
+from jaxunlearn.engine.step import LossFn, make_train_step
 from jaxunlearn.errors import TrainingDiverged, UserError
 from jaxunlearn.files import read_log, write_text
-
-Batch = dict[str, tuple[jax.Array, jax.Array]]
-"""role ("train", "forget", "retain") → (images float32 [B, H, W, C], labels int32 [B]), this device's shard."""
-
-DATA_ROLES = ("train", "forget", "retain")
-"""Plan columns holding train-set indices; the step gathers their images and labels."""
 
 Block = dict[str, np.ndarray]
 """column name → int32 [steps, B]: one `lax.scan` runs over the leading axis. Columns named in `DATA_ROLES`
 index the train set; any other column is per-sample data of the method (random labels, noise indices)."""
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What a loss may read besides the model and the batch, on this device.
-
-    columns: every column of the step's plan, int32 [B_local] each (this device's shard).
-    aux: the method's constants (`Method.prepare`): a frozen teacher, learned noise; replicated.
-    extra: the method's extra trainable parameters (`Method.init_extra`), differentiated with the model's.
-    epoch: int32 [] 0-based epoch; step: int32 [] optimizer steps taken before this one.
-    forward: (params, batch_stats, images) → (logits, feat) of the run's architecture in eval mode, for
-      frozen copies (a teacher, the original model).
-    mask: float [B_local], 1 for a real sample and 0 for a padding slot of a batch widened to the device
-      count (`pad_to_devices`); None when the step's batch has no padding. A loss runs the model with
-      `apply` (which hands the mask to the BatchNorm statistics) and averages per-sample values with `mean`.
-    """
-
-    columns: dict[str, jax.Array]
-    aux: Any
-    extra: Any
-    epoch: jax.Array
-    step: jax.Array
-    forward: Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, jax.Array]]
-    mask: jax.Array | None = None
-
-    def apply(self, model: nnx.Module, images: jax.Array, *, train: bool = True, repeat: int = 1) -> Any:
-        """model(images, train=train), given the mask (tiled `repeat` times, for batches concatenated along
-        their first axis) only when the batch is padded: a model without a `mask` argument runs wherever no
-        batch needs padding."""
-        if self.mask is None:
-            return model(images, train=train)
-        return model(images, train=train, mask=jnp.tile(self.mask, repeat))
-
-    def mean(self, values: jax.Array) -> jax.Array:
-        """This device's share of the mean of `values` [B_local, ...] (per sample, any trailing axes) over
-        the real samples of the global batch (the engine averages the devices' shares): `values.mean()`
-        when there is no padding."""
-        if self.mask is None:
-            return values.mean()
-        return global_weighted_mean(values, self.mask)
-
-
-def global_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """This device's share of Σ w·v / Σ w over the batch of all devices on `AXIS`.
-
-    values: [B_local, ...], weights: [B_local] (trailing axes of `values` are averaged with equal weight).
-    Returns D·Σ_local w·v / Σ_global w, whose average over the D devices (what the engine takes) is the
-    weighted mean of the global batch; a device whose weights are all 0 contributes 0.
-    """
-    devices = jax.lax.psum(1, AXIS)
-    per_sample = values.size // values.shape[0]
-    total_weight = jax.lax.psum(jnp.sum(weights), AXIS) * per_sample
-    weights = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
-    return devices * jnp.sum(weights * values) / total_weight
-
-
-LossFn = Callable[[nnx.Module, Batch, StepContext], tuple[jax.Array, dict[str, jax.Array]]]
-"""(model in train mode, batch, context) → (scalar loss, named scalar parts), each this device's share of
-the mean over the global batch's real samples (`StepContext.mean`). The engine averages them over the
-devices; a loss that needs other devices' samples gathers them over `AXIS`."""
-
-
-def eval_forward(graphdef: nnx.GraphDef):
-    """(params, batch_stats, images) → (logits, feat) in eval mode (running BatchNorm statistics)."""
-    def forward(params, batch_stats, images):
-        return nnx.merge(graphdef, params, batch_stats, copy=True)(images, train=False)
-    return forward
-
-
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
-                    mean: Sequence[float], std: Sequence[float], backend: Backend = "shard_map",
-                    on_step: "StepProgress | None" = None):
-    """One model's step on this device: (images, labels, aux, epoch, state, columns) → (state, metrics).
-
-    Each device gathers its shard of the batch from its replica of the dataset; BatchNorm statistics are
-    averaged over `AXIS`, and the gradients are those of the loss averaged over the devices, so every device
-    applies the same update. Under backend="shard_map" the global loss is differentiated (its gradient is
-    already reduced); under "pmap" the local one, and the gradients are averaged. `on_step`, if given, is
-    called on the host with the step number every `on_step.every` steps.
-    """
-    mean, std = tuple(mean), tuple(std)
-    forward = eval_forward(graphdef)
-
-    def train_step(images, labels, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
-        batch = {role: gather_batch(images, labels, columns[role], mean, std)
-                 for role in DATA_ROLES if role in columns}
-        mask = columns[PADDING_MASK].astype(jnp.result_type(float)) if PADDING_MASK in columns else None
-
-        def objective(params, extra):
-            model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-            context = StepContext(columns=columns, aux=aux, extra=extra, epoch=epoch, step=state.step,
-                                  forward=forward, mask=mask)
-            loss, parts = loss_fn(model, batch, context)
-            if backend == "shard_map":  # differentiate the global loss; its gradient is already reduced
-                loss = jax.lax.pmean(loss, AXIS)
-            return loss, (nnx.state(model, nnx.BatchStat), parts)
-
-        (loss, (batch_stats, parts)), grads = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-            state.params, state.extra)
-        if backend == "pmap":  # pmap differentiates the local loss: average the gradients instead
-            grads, loss = jax.lax.pmean((grads, loss), AXIS)
-        parts = jax.lax.pmean(parts, AXIS)
-        trainable = (state.params, state.extra)
-        updates, opt_state = tx.update(grads, state.opt_state, trainable)
-        params, extra = optax.apply_updates(trainable, updates)
-        new_state = TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state,
-                               extra=extra, step=state.step + 1)
-        if on_step is not None:
-            report = (new_state.step % on_step.every == 0) & (jax.lax.axis_index(AXIS) == 0)
-            jax.lax.cond(report, lambda step: jax.debug.callback(on_step, step), lambda step: None,
-                         new_state.step)
-        return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
-
-    return train_step
 
 
 def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,

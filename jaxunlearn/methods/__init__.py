@@ -13,7 +13,10 @@ from jaxunlearn.methods import (  # noqa: F401
     unsir, bad_teacher,
 )
 from jaxunlearn.methods.base import METHODS, Context, Method, get_method, register
-from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
+from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams, contrastive_objective
 from jaxunlearn.methods.retrain import Retrain
 
-__all__ = ["METHODS", "Context", "Contrastive", "ContrastiveHparams", "Method", "Retrain", "get_method", "register"]
+__all__ = [
+    "METHODS", "Context", "Contrastive", "ContrastiveHparams", "Method", "Retrain", "contrastive_objective", "get_method",
+    "register",
+]

@@ -19,7 +19,8 @@ from flax import nnx
 from jaxunlearn.config import Pairing, TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.splits import Split
-from jaxunlearn.engine.loop import Block, LossFn
+from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.step import LossFn
 from jaxunlearn.errors import UserError
 
 Schedule = Callable[[jax.Array], jax.Array]

@@ -30,7 +30,8 @@ import numpy as np
 import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
-from jaxunlearn.engine.loop import Block, StepContext
+from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.step import StepContext
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, register, shuffled_blocks
 
@@ -168,7 +169,8 @@ class BoundaryExpand(Method):
         return _forget_plan(hparams.batch_size, context, epoch)
 
     def init_extra(self, hparams: BoundaryExpandHparams, context: Context, start: StartingModel):
-        feature_dim = start.params["classifier"]["kernel"].shape[0]
+        one_image = jax.ShapeDtypeStruct((1, *context.image_shape), jnp.float32)
+        feature_dim = jax.eval_shape(start.forward, start.params, start.batch_stats, one_image)[1].shape[-1]
         return shadow_init(jax.random.key(context.seed), feature_dim, context.num_classes)
 
     def loss_fn(self, hparams: BoundaryExpandHparams, context: Context):

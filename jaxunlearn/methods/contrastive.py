@@ -14,6 +14,7 @@ import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.parallel import AXIS
+from jaxunlearn.engine.step import LossFn
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import contrastive_unlearning_rows, sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, batch_blocks, register
@@ -78,29 +79,36 @@ class Contrastive(Method):
         return blocks
 
     def loss_fn(self, hparams: ContrastiveHparams, context: Context):
-        mode = context.mode
-
-        def loss(model, batch, step):
-            (forget_x, forget_y), (retain_x, retain_y) = batch["forget"], batch["retain"]
-            # Forget and retain batches are padded alike: one mask for both halves of the joint forward.
-            logits, feat = step.apply(model, jnp.concatenate([forget_x, retain_x]), repeat=2)
-            n_forget = forget_x.shape[0]
-            # Each device's anchors meet the retain samples of the whole global batch.
-            gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)
-            rows = contrastive_unlearning_rows(
-                feat[:n_forget], gather(feat[n_forget:]), forget_y, gather(retain_y),
-                temperature=hparams.temperature, mode=mode,
-                r_mask=None if step.mask is None else gather(step.mask),
-            )
-            contrastive = step.mean(rows)
-            ce = step.mean(sample_cross_entropy(logits[n_forget:], retain_y))
-            total = hparams.lambda_ul * contrastive + hparams.lambda_ce * ce
-            return total, {"contrastive": contrastive, "cross_entropy": ce}
-
-        return loss
+        return contrastive_objective(hparams, context.mode)
 
     def should_stop(self, evaluation: dict[str, float], context: Context) -> bool:
         """class: forget-class test accuracy ≤ 1/C; sample: forget accuracy ≤ test accuracy."""
         if context.mode == "class":
             return evaluation["forget_test_acc"] <= 1.0 / context.num_classes
         return evaluation["forget_train_acc"] <= evaluation["test_acc"]
+
+
+def contrastive_objective(hparams: ContrastiveHparams, mode: str) -> LossFn:
+    """CU's step loss λ_UL·L_CT + λ_CE·CE(retain) on a batch {"forget": (x, y), "retain": (x, y)} of equal
+    sizes, for "class" or "sample" forgetting: a `LossFn` for `jaxunlearn.engine.step.make_step`."""
+    if mode not in ("class", "sample"):
+        raise UserError(f"mode must be class or sample, got {mode!r}")
+
+    def loss(model, batch, step):
+        (forget_x, forget_y), (retain_x, retain_y) = batch["forget"], batch["retain"]
+        # Forget and retain batches are padded alike: one mask for both halves of the joint forward.
+        logits, feat = step.apply(model, jnp.concatenate([forget_x, retain_x]), repeat=2)
+        n_forget = forget_x.shape[0]
+        # Each device's anchors meet the retain samples of the whole global batch.
+        gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)
+        rows = contrastive_unlearning_rows(
+            feat[:n_forget], gather(feat[n_forget:]), forget_y, gather(retain_y),
+            temperature=hparams.temperature, mode=mode,
+            r_mask=None if step.mask is None else gather(step.mask),
+        )
+        contrastive = step.mean(rows)
+        ce = step.mean(sample_cross_entropy(logits[n_forget:], retain_y))
+        total = hparams.lambda_ul * contrastive + hparams.lambda_ce * ce
+        return total, {"contrastive": contrastive, "cross_entropy": ce}
+
+    return loss

@@ -6,7 +6,8 @@ import optax
 from flax import nnx
 
 from jaxunlearn.config import SupervisedHparams
-from jaxunlearn.engine.loop import Batch, Block, StepContext
+from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.step import Batch, StepContext
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Schedule

@@ -16,6 +16,9 @@ from flax import nnx
 from jaxunlearn.errors import UserError
 from jaxunlearn.models.batch_norm import MaskedBatchNorm
 
+DType = type[jnp.floating] | jnp.dtype | None
+"""A compute dtype (jnp.bfloat16); None computes in the dtype of the inputs and parameters."""
+
 # PyTorch kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2 / (k*k*out)).
 CONV_KERNEL_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch nn.Linear default weight: U(±1/sqrt(fan_in)).
@@ -25,6 +28,12 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
+
+
+def accumulation_dtype(dtype: DType) -> DType:
+    """float32 accumulation for the products of a 16-bit compute dtype (a sum of B·H·W bfloat16 terms kept in
+    bfloat16 loses most of a filter gradient); None (the inputs' dtype) otherwise."""
+    return jnp.float32 if dtype is not None and jnp.dtype(dtype).itemsize < 4 else None
 
 
 def uniform_bias_init(fan_in: int) -> jax.nn.initializers.Initializer:
@@ -37,7 +46,8 @@ def uniform_bias_init(fan_in: int) -> jax.nn.initializers.Initializer:
     return init
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, dtype: DType, rngs: nnx.Rngs
+          ) -> nnx.Conv:
     """Bias-free conv padded like PyTorch (k // 2 on every side: pad 1 for 3x3, 0 for 1x1).
 
     Not "SAME": with stride 2 on even sizes, SAME pads only the bottom/right, which shifts the
@@ -52,20 +62,25 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, rn
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
         kernel_init=CONV_KERNEL_INIT,
+        dtype=dtype,
+        preferred_element_type=accumulation_dtype(dtype),
         rngs=rngs,
     )
 
 
-def _batch_norm(channels: int, axis_name: str | None, rngs: nnx.Rngs) -> MaskedBatchNorm:
-    return MaskedBatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=axis_name, rngs=rngs)
+def _batch_norm(channels: int, axis_name: str | None, dtype: DType, rngs: nnx.Rngs) -> MaskedBatchNorm:
+    return MaskedBatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=axis_name, dtype=dtype,
+                           rngs=rngs)
 
 
-def _linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(in_features: int, out_features: int, rngs: nnx.Rngs, dtype: DType = None) -> nnx.Linear:
     return nnx.Linear(
         in_features,
         out_features,
         kernel_init=LINEAR_KERNEL_INIT,
         bias_init=uniform_bias_init(in_features),
+        dtype=dtype,
+        preferred_element_type=accumulation_dtype(dtype),
         rngs=rngs,
     )
 
@@ -73,20 +88,21 @@ def _linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
 class Shortcut(nnx.Module):
     """Projection shortcut: 1x1 conv (stride s) + BN. [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_axis_name: str | None, *, rngs: nnx.Rngs):
-        self.conv = _conv(in_channels, out_channels, 1, stride, rngs)
-        self.bn = _batch_norm(out_channels, bn_axis_name, rngs)
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_axis_name: str | None, dtype: DType, *,
+                 rngs: nnx.Rngs):
+        self.conv = _conv(in_channels, out_channels, 1, stride, dtype, rngs)
+        self.bn = _batch_norm(out_channels, bn_axis_name, dtype, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         return self.bn(self.conv(x), use_running_average=not train, mask=mask)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, bn_axis_name: str | None,
-              rngs: nnx.Rngs) -> "Shortcut | None":
+              dtype: DType, rngs: nnx.Rngs) -> "Shortcut | None":
     """A block's projection shortcut where the block changes the shape, else None (the identity)."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return Shortcut(in_channels, out_channels, stride, bn_axis_name, rngs=rngs)
+    return Shortcut(in_channels, out_channels, stride, bn_axis_name, dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
@@ -94,13 +110,14 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, bn_axis_name: str | None, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, planes: int, stride: int, bn_axis_name: str | None, dtype: DType, *,
+                 rngs: nnx.Rngs):
         out_channels = planes * self.expansion
-        self.conv1 = _conv(in_channels, planes, 3, stride, rngs)
-        self.bn1 = _batch_norm(planes, bn_axis_name, rngs)
-        self.conv2 = _conv(planes, planes, 3, 1, rngs)
-        self.bn2 = _batch_norm(planes, bn_axis_name, rngs)
-        self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, rngs)
+        self.conv1 = _conv(in_channels, planes, 3, stride, dtype, rngs)
+        self.bn1 = _batch_norm(planes, bn_axis_name, dtype, rngs)
+        self.conv2 = _conv(planes, planes, 3, 1, dtype, rngs)
+        self.bn2 = _batch_norm(planes, bn_axis_name, dtype, rngs)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, dtype, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train, mask=mask))
@@ -114,15 +131,16 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, bn_axis_name: str | None, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, planes: int, stride: int, bn_axis_name: str | None, dtype: DType, *,
+                 rngs: nnx.Rngs):
         out_channels = planes * self.expansion
-        self.conv1 = _conv(in_channels, planes, 1, 1, rngs)
-        self.bn1 = _batch_norm(planes, bn_axis_name, rngs)
-        self.conv2 = _conv(planes, planes, 3, stride, rngs)
-        self.bn2 = _batch_norm(planes, bn_axis_name, rngs)
-        self.conv3 = _conv(planes, out_channels, 1, 1, rngs)
-        self.bn3 = _batch_norm(out_channels, bn_axis_name, rngs)
-        self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, rngs)
+        self.conv1 = _conv(in_channels, planes, 1, 1, dtype, rngs)
+        self.bn1 = _batch_norm(planes, bn_axis_name, dtype, rngs)
+        self.conv2 = _conv(planes, planes, 3, stride, dtype, rngs)
+        self.bn2 = _batch_norm(planes, bn_axis_name, dtype, rngs)
+        self.conv3 = _conv(planes, out_channels, 1, 1, dtype, rngs)
+        self.bn3 = _batch_norm(out_channels, bn_axis_name, dtype, rngs)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, bn_axis_name, dtype, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train, mask=mask))
@@ -147,6 +165,16 @@ def stage_planes(width: float) -> tuple[int, ...]:
     return tuple(int(round(planes * width)) for planes in STAGE_PLANES)
 
 
+def check_classifier(num_classes: int, in_channels: int, feature_dim: int) -> None:
+    """UserError (one line) for class, channel and embedding counts no SupCon model can be built with."""
+    if num_classes < 2:
+        raise UserError(f"num_classes must be >= 2, got {num_classes}")
+    if in_channels < 1:
+        raise UserError(f"in_channels must be >= 1 (1 = grayscale, 3 = RGB), got {in_channels}")
+    if feature_dim < 1:
+        raise UserError(f"feature_dim must be >= 1, got {feature_dim}")
+
+
 def _check_config(architecture: str, num_classes: int, in_channels: int, width: float, feature_dim: int) -> None:
     """Raise UserError (one line) for a configuration the model cannot be built with."""
     if architecture not in ARCHITECTURES:
@@ -158,12 +186,7 @@ def _check_config(architecture: str, num_classes: int, in_channels: int, width: 
             f"width {width} gives stage channels {list(stage_planes(width))}; every stage needs >= 1 channel,"
             f" so use width > {0.5 / STAGE_PLANES[0]:g} (e.g. 0.125, 0.25, 0.5, 1.0)"
         )
-    if num_classes < 2:
-        raise UserError(f"num_classes must be >= 2, got {num_classes}")
-    if in_channels < 1:
-        raise UserError(f"in_channels must be >= 1 (1 = grayscale, 3 = RGB), got {in_channels}")
-    if feature_dim < 1:
-        raise UserError(f"feature_dim must be >= 1, got {feature_dim}")
+    check_classifier(num_classes, in_channels, feature_dim)
 
 
 class ResNetEncoder(nnx.Module):
@@ -172,16 +195,17 @@ class ResNetEncoder(nnx.Module):
     Spatial size shrinks by 8 over the stages (8x8 -> 8/8/4/2/1; 32x32 -> 32/32/16/8/4).
     """
 
-    def __init__(self, architecture: str, *, in_channels: int, width: float, bn_axis_name: str | None, rngs: nnx.Rngs):
+    def __init__(self, architecture: str, *, in_channels: int, width: float, bn_axis_name: str | None,
+                 dtype: DType = None, rngs: nnx.Rngs):
         block, stage_sizes = ARCHITECTURES[architecture]
         planes_per_stage = stage_planes(width)
         channels = planes_per_stage[0]
-        self.stem_conv = _conv(in_channels, channels, 3, 1, rngs)
-        self.stem_bn = _batch_norm(channels, bn_axis_name, rngs)
+        self.stem_conv = _conv(in_channels, channels, 3, 1, dtype, rngs)
+        self.stem_bn = _batch_norm(channels, bn_axis_name, dtype, rngs)
         blocks = []
         for planes, num_blocks, first_stride in zip(planes_per_stage, stage_sizes, STAGE_STRIDES, strict=True):
             for stride in (first_stride,) + (1,) * (num_blocks - 1):
-                blocks.append(block(channels, planes, stride, bn_axis_name, rngs=rngs))
+                blocks.append(block(channels, planes, stride, bn_axis_name, dtype, rngs=rngs))
                 channels = planes * block.expansion
         self.blocks = nnx.List(blocks)
         self.output_dim = channels
@@ -202,11 +226,27 @@ def relu_l2_normalise(g: jax.Array) -> jax.Array:
     return nnx.relu(g * jax.lax.rsqrt(jnp.maximum(squared_norm, 1e-24)))
 
 
-class SupConResNet(nnx.Module):
+class SupConHead(nnx.Module):
+    """The head every SupCon model here ends in: h [B, hidden] → MLP → g [B, feature_dim] →
+    feat = ReLU(l2_normalise(g)) in float32 → linear classifier on feat → logits [B, num_classes] float32."""
+
+    def _init_head(self, hidden_dim: int, feature_dim: int, num_classes: int, dtype: DType, rngs: nnx.Rngs):
+        self.head_hidden = _linear(hidden_dim, hidden_dim, rngs, dtype)
+        self.head_out = _linear(hidden_dim, feature_dim, rngs, dtype)
+        self.classifier = _linear(feature_dim, num_classes, rngs)
+
+    def _head(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        g = self.head_out(nnx.relu(self.head_hidden(h)))
+        feat = relu_l2_normalise(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
+        return self.classifier(feat), feat
+
+
+class SupConResNet(SupConHead):
     """encoder -> MLP head -> feat = ReLU(L2-normalise) -> linear classifier on feat.
 
     All state is nnx.Param or nnx.BatchStat, so `nnx.split(model, nnx.Param, nnx.BatchStat)`
-    covers the whole model.
+    covers the whole model. dtype is the compute dtype of the convolutions, BatchNorm outputs and the MLP head
+    (jnp.bfloat16 for mixed precision); parameters, BatchNorm statistics, feat and the classifier stay float32.
     """
 
     def __init__(
@@ -218,16 +258,14 @@ class SupConResNet(nnx.Module):
         width: float = 1.0,
         feature_dim: int = 128,
         bn_axis_name: str | None = None,
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         _check_config(architecture, num_classes, in_channels, width, feature_dim)
         self.encoder = ResNetEncoder(
-            architecture, in_channels=in_channels, width=width, bn_axis_name=bn_axis_name, rngs=rngs
+            architecture, in_channels=in_channels, width=width, bn_axis_name=bn_axis_name, dtype=dtype, rngs=rngs
         )
-        hidden_dim = self.encoder.output_dim
-        self.head_hidden = _linear(hidden_dim, hidden_dim, rngs)
-        self.head_out = _linear(hidden_dim, feature_dim, rngs)
-        self.classifier = _linear(feature_dim, num_classes, rngs)
+        self._init_head(self.encoder.output_dim, feature_dim, num_classes, dtype, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array]:
@@ -236,30 +274,7 @@ class SupConResNet(nnx.Module):
         mask: [B], 1 for a real sample and 0 for a padding slot, or None: in training mode the BatchNorm
         statistics count only the real samples (`MaskedBatchNorm`).
         """
-        h = self.encoder(x, train=train, mask=mask)
-        g = self.head_out(nnx.relu(self.head_hidden(h)))
-        feat = relu_l2_normalise(g)
-        return self.classifier(feat), feat
-
-
-def create_model(
-    architecture: str,
-    num_classes: int,
-    *,
-    in_channels: int,
-    width: float = 1.0,
-    seed: int = 0,
-    bn_axis_name: str | None = None,
-) -> SupConResNet:
-    """Build and initialise a SupConResNet from `seed`; bad settings raise UserError."""
-    return SupConResNet(
-        architecture,
-        num_classes,
-        in_channels=in_channels,
-        width=width,
-        bn_axis_name=bn_axis_name,
-        rngs=nnx.Rngs(seed),
-    )
+        return self._head(self.encoder(x, train=train, mask=mask))
 
 
 def count_params(params: nnx.State) -> int:

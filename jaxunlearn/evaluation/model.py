@@ -1,0 +1,42 @@
+"""The evaluation of one model held in memory: what `jaxunlearn.runs.evaluate_run` computes for a run
+directory, for a model trained in the user's own loop."""
+
+import numpy as np
+from flax import nnx
+
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.data.sources import Dataset
+from jaxunlearn.data.splits import Split
+from jaxunlearn.evaluation.accuracy import Predictor, evaluate_parts, make_predictor, part_outputs, split_parts
+from jaxunlearn.evaluation.shallow import recompute_batch_stats
+from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, probe_metrics
+
+
+def evaluate_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, dataset: Dataset,
+                   split: Split | None = None, *, data: DeviceData | None = None,
+                   predict: Predictor | None = None) -> dict[str, float]:
+    """Metrics of the model (graphdef, params, batch_stats) from `nnx.split(model, nnx.Param, nnx.BatchStat)`.
+
+    Without a split: `train_acc`, `test_acc` and their mean confidences. With a split: per part
+    (forget_train, retain_train, forget_test for class forgetting, test) accuracy and confidence, the
+    membership-inference attacks, the linear probe of the forgotten class, and `bn_recomputed_<part>_acc`:
+    the accuracies after the BatchNorm statistics are recomputed on the retain set, no weight changed
+    (docs/evaluation.md). `data` and `predict` may pass the dataset's device copy and the model's predictor
+    when the caller already has them.
+    """
+    data = DeviceData.from_dataset(dataset) if data is None else data
+    predict = make_predictor(graphdef, data.mean, data.std) if predict is None else predict
+    labels = {"train": dataset.train_labels, "test": dataset.test_labels}
+    if split is None:
+        parts = {"train": ("train", np.arange(len(dataset.train_labels))),
+                 "test": ("test", np.arange(len(dataset.test_labels)))}
+        return evaluate_parts(predict, params, batch_stats, data, labels, parts)
+    parts = split_parts(split, dataset.test_labels)
+    outputs = part_outputs(predict, params, batch_stats, data, parts)
+    metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
+    metrics.update(probe_metrics(outputs, part_labels(parts, labels), split))
+    recomputed = recompute_batch_stats(graphdef, params, batch_stats, data, split.retain)
+    evaluated = {name: part for name, part in parts.items() if name != "retain_train"}
+    metrics.update({f"bn_recomputed_{name}": value for name, value in evaluate_parts(
+        predict, params, recomputed, data, labels, evaluated).items() if name.endswith("_acc")})
+    return metrics
