@@ -207,6 +207,8 @@ CASES = {
     "coordinator port too large": Case(TRAIN + " --coordinator 127.0.0.1:99999 --num-processes 2 --process-id 0",
                                        "port"),
     "coordinator unreachable": Case(TRAIN + " " + UNREACHABLE, "cannot reach the --coordinator"),
+    "peers never join": Case(TRAIN + " --coordinator 127.0.0.1:{port} --num-processes 3 --process-id 0 "
+                                     "--coordinator-timeout 1", "processes 1, 2 did not reach the --coordinator"),
     "coordinator timeout 0": Case(TRAIN + " --coordinator 127.0.0.1:1 --num-processes 2 --process-id 1 "
                                           "--coordinator-timeout 0", "--coordinator-timeout"),
 }

@@ -60,10 +60,10 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
 
     With a coordinator "HOST:PORT", `num_processes` and `process_id` are required; `auto` calls
     `jax.distributed.initialize()` with no arguments (Cloud TPU, SLURM, Open MPI, Kubernetes detect
-    themselves). Bad settings raise UserError, and so does a coordinator that process 0 cannot serve (its
-    port taken) or that another process cannot reach within `timeout` seconds: JAX itself would abort the
-    process after its timeout, with a C++ stack trace. Processes that never join process 0 still end in
-    JAX's abort after `timeout`, so a run never waits forever.
+    themselves). Bad settings raise UserError, and so do a coordinator that process 0 cannot serve (its
+    port taken), one another process cannot reach within `timeout` seconds, and processes that do not reach
+    process 0 within `timeout` seconds: before JAX starts, every process says hello to process 0 on the
+    coordinator port (JAX itself would abort the process after its timeout, with a C++ stack trace).
     """
     if coordinator is None:
         if num_processes is not None or process_id is not None:
@@ -84,34 +84,69 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
     if not 0 < timeout <= 86400:
         raise UserError(f"`coordinator_timeout` must be between 1 and 86400 seconds, got {timeout}")
     if process_id == 0:
-        _check_port_free(int(port))
+        _gather_processes(int(port), num_processes, timeout)
     else:
-        _wait_for_coordinator(host.strip("[]"), int(port), timeout)
+        _join_coordinator(host.strip("[]"), int(port), process_id, timeout)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=timeout)
 
 
-def _check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET) as probe:
+HELLO = b"jaxunlearn process "
+"""What a process sends process 0 on the coordinator port, followed by its id, before JAX starts."""
+
+
+def _gather_processes(port: int, num_processes: int, timeout: int) -> None:
+    """Process 0: serve the coordinator port until every other process has said hello, then free it for
+    JAX. UserError when the port is taken, or naming the processes missing after `timeout` seconds (JAX itself
+    would abort the process with a C++ stack trace)."""
+    expected = set(range(1, num_processes))
+    with socket.socket(socket.AF_INET) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("", port))
+            server.bind(("", port))
         except OSError as error:
             raise UserError(f"process 0 cannot serve the `coordinator` on port {port}: "
                             f"{error.strerror or error}") from None
+        server.listen()
+        deadline = time.monotonic() + timeout
+        while expected:
+            server.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                raise UserError(f"processes {', '.join(map(str, sorted(expected)))} did not reach the "
+                                f"`coordinator` within {timeout} s; start them, or raise "
+                                f"`coordinator_timeout`") from None
+            with connection:
+                connection.settimeout(5.0)
+                try:
+                    message = connection.recv(64)
+                    if message.startswith(HELLO) and message[len(HELLO):].isdigit():
+                        expected.discard(int(message[len(HELLO):]))
+                        connection.sendall(b"ok")
+                        connection.recv(1)  # the peer closes first, so the port is free for JAX at once
+                except OSError:
+                    pass  # not one of ours, or gone: keep waiting for the others
 
 
-def _wait_for_coordinator(host: str, port: int, timeout: int) -> None:
-    """Return once process 0 accepts connections on host:port; UserError after `timeout` seconds."""
+def _join_coordinator(host: str, port: int, process_id: int, timeout: int) -> None:
+    """Say hello to process 0 on host:port; UserError when it does not answer within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                return
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))) \
+                    as connection:
+                connection.sendall(HELLO + str(process_id).encode())
+                if connection.recv(2) == b"ok":
+                    return
         except OSError as error:
             if time.monotonic() >= deadline:
                 raise UserError(f"cannot reach the `coordinator` {host}:{port} within {timeout} s "
                                 f"({error.strerror or error}); is process 0 running?") from None
-            time.sleep(0.2)
+        if time.monotonic() >= deadline:
+            raise UserError(f"the `coordinator` {host}:{port} did not answer within {timeout} s; is it "
+                            f"process 0 of this run?")
+        time.sleep(0.2)
 
 
 def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
