@@ -1,13 +1,14 @@
 """Runs that end badly resume to the same result: kills at every phase of an epoch boundary, a diverged
 update, a leftover temporary file, a stale lock, another spelling of the same configuration.
 
-A kill is injected in-process (the exception `Killed` raised from inside the loop's writers); the real
-`kill -9` at random moments is tests/test_cli.py's. Comparisons are exact: runs are bitwise deterministic
+A kill is injected in-process (the exception `Killed` raised from inside the loop's writers, after leaving
+what a kill at that moment leaves on disk); the real `kill -9` at random moments is tests/test_cli.py's. Comparisons are exact: runs are bitwise deterministic
 on CPU.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,14 +78,31 @@ def kill_at_save(after: bool):
     return save
 
 
+def kill_inside_orbax_save(real):
+    """What a kill -9 while Orbax writes epoch 2 leaves: a half-written step under Orbax's temporary name
+    (it renames the directory to `2` only once every item is written)."""
+    def save(manager, epoch, state, meta):
+        real(manager, epoch, state, meta)
+        if epoch == 2:
+            final = manager.directory / "2"
+            partial = manager.directory / "2.orbax-checkpoint-tmp-1"
+            final.rename(partial)
+            shutil.rmtree(partial / "opt_state")
+            (partial / "params" / "manifest.ocdbt").unlink(missing_ok=True)
+            raise Killed
+    return save
+
+
 @pytest.mark.parametrize("phase", ["while writing the log", "after the log, before the checkpoint",
-                                   "after the checkpoint"])
+                                   "inside Orbax's save", "after the checkpoint"])
 def test_a_kill_at_any_phase_of_an_epoch_boundary_resumes_to_the_same_run(phase, uninterrupted, tmp_path,
                                                                            monkeypatch):
     workdir = tmp_path / "run"
     with monkeypatch.context() as patch:
         if phase == "while writing the log":
             patch.setattr(loop, "_append_log", kill_in_epoch_2_log(loop._append_log))
+        elif phase == "inside Orbax's save":
+            patch.setattr(checkpoint, "save", kill_inside_orbax_save(checkpoint.save))
         else:
             patch.setattr(checkpoint, "save", kill_at_save(after=phase == "after the checkpoint"))
         with pytest.raises(Killed):
