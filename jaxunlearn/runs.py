@@ -38,7 +38,7 @@ from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, write_json
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
-from jaxunlearn.evaluation.model import evaluate_model
+from jaxunlearn.evaluation.model import evaluate_model_outputs
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
 from jaxunlearn.evaluation.suite import reference_metrics
@@ -500,7 +500,8 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
         _reference_run(reference, run, split)
     dataset, data, predict = run.dataset, run.data, run.predict
     graphdef, params, batch_stats = run.model()
-    metrics = evaluate_model(graphdef, params, batch_stats, dataset, split, data=data, predict=predict)
+    metrics, outputs = evaluate_model_outputs(graphdef, params, batch_stats, dataset, split, data=data,
+                                              predict=predict)
     if split is not None:
         _, original_params, original_stats = (original or run.source or run).model()  # a training run is its own
         metrics["l2_to_original"] = tree_l2_distance(params, original_params)
@@ -512,8 +513,7 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
             _, reference_params, reference_stats = reference.model()
             compared = {name: part for name, part in split_parts(split, dataset.test_labels).items()
                         if name in ("forget_train", "test")}
-            outputs, reference_outputs = (part_outputs(predict, p, s, data, compared)
-                                          for p, s in ((params, batch_stats), (reference_params, reference_stats)))
+            reference_outputs = part_outputs(predict, reference_params, reference_stats, data, compared)
             metrics.update(reference_metrics(outputs, reference_outputs))
             metrics["l2_to_reference"] = tree_l2_distance(params, reference_params)
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())

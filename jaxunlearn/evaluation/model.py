@@ -9,7 +9,7 @@ from jaxunlearn.data.sources import Dataset
 from jaxunlearn.data.splits import Split
 from jaxunlearn.evaluation.accuracy import Predictor, evaluate_parts, make_predictor, part_outputs, split_parts
 from jaxunlearn.evaluation.shallow import recompute_batch_stats
-from jaxunlearn.evaluation.suite import forgetting_metrics, part_labels, probe_metrics
+from jaxunlearn.evaluation.suite import Outputs, forgetting_metrics, part_labels, probe_metrics
 
 
 def evaluate_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, dataset: Dataset,
@@ -24,13 +24,21 @@ def evaluate_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
     (docs/evaluation.md). `data` and `predict` may pass the dataset's device copy and the model's predictor
     when the caller already has them.
     """
+    return evaluate_model_outputs(graphdef, params, batch_stats, dataset, split, data=data, predict=predict)[0]
+
+
+def evaluate_model_outputs(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, dataset: Dataset,
+                           split: Split | None = None, *, data: DeviceData | None = None,
+                           predict: Predictor | None = None) -> tuple[dict[str, float], Outputs | None]:
+    """`evaluate_model`'s metrics and, with a split, the model's outputs on its parts (None without one), for
+    a caller that compares them with another model's."""
     data = DeviceData.from_dataset(dataset) if data is None else data
     predict = make_predictor(graphdef, data.mean, data.std) if predict is None else predict
     labels = {"train": dataset.train_labels, "test": dataset.test_labels}
     if split is None:
         parts = {"train": ("train", np.arange(len(dataset.train_labels))),
                  "test": ("test", np.arange(len(dataset.test_labels)))}
-        return evaluate_parts(predict, params, batch_stats, data, labels, parts)
+        return evaluate_parts(predict, params, batch_stats, data, labels, parts), None
     parts = split_parts(split, dataset.test_labels)
     outputs = part_outputs(predict, params, batch_stats, data, parts)
     metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
@@ -39,4 +47,4 @@ def evaluate_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
     evaluated = {name: part for name, part in parts.items() if name != "retain_train"}
     metrics.update({f"bn_recomputed_{name}": value for name, value in evaluate_parts(
         predict, params, recomputed, data, labels, evaluated).items() if name.endswith("_acc")})
-    return metrics
+    return metrics, outputs
