@@ -50,6 +50,7 @@ from jaxunlearn.methods.base import Context
 from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer
 from jaxunlearn.models import MODELS, create_model
+from jaxunlearn.xla_profile import CATEGORIES, profile_program
 
 StepKind = Literal["cu", "train"]
 STEP_KINDS: tuple[str, ...] = get_args(StepKind)
@@ -66,6 +67,7 @@ class BenchConfig:
     `make_epoch_fn`); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
     models: K > 1 also times K models side by side (`jaxunlearn.engine.ensemble`), one after another and
     vmapped, each step of each model on the same batch size. precisions: each is timed ("f32", "bf16").
+    profile: also trace `repeats` calls and sum XLA's op times by kind of work (`jaxunlearn.xla_profile`).
     """
 
     model: str = "resnet18"
@@ -83,6 +85,7 @@ class BenchConfig:
     repeats: int = 5
     seed: int = 0
     models: int = 1
+    profile: bool = False
 
     @property
     def images_per_step(self) -> int:
@@ -220,7 +223,7 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
         losses.extend(np.asarray(jax.device_get(local_replica(metrics))["loss"], np.float64).tolist())
     seconds_per_step = statistics.median(seconds_per_call) / config.steps
     model_flops = step_flops * mesh.devices.size
-    return {
+    figures = {
         "images_per_step": config.images_per_step,
         "ms_per_step": 1e3 * seconds_per_step,
         "ms_per_step_per_call": [1e3 * s / config.steps for s in seconds_per_call],
@@ -235,6 +238,17 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
         "losses": losses,
         "param_checksum": param_checksum(local_replica(state).params),
     }
+    if config.profile:  # after the checksum: the traced calls take more steps
+        def call():
+            nonlocal state
+            state, metrics = epoch_fn(state, *data, None, blocks, 0)
+            return state, metrics
+        profile = profile_program(call, compiled, config.repeats)
+        figures["profile"] = {"ms_per_step": profile["ms_per_call"] / config.steps,
+                              "op_ms_per_step": {category: ms / config.steps
+                                                 for category, ms in profile["op_ms_per_call"].items()},
+                              "untraced_share": profile["untraced_share"]}
+    return figures
 
 
 def bench_models(config: BenchConfig, model: nnx.Module, data: tuple[jax.Array, jax.Array], loss_fn: LossFn,
@@ -344,6 +358,14 @@ def format_report(result: dict[str, Any]) -> str:
         )
     lines.append("peak MiB: XLA's memory analysis of one device's program (arguments + outputs + temporaries − "
                  "donated); GFLOP: XLA's cost analysis, all devices")
+    if config.get("profile"):
+        lines += ["", "XLA's trace, ms per step by kind of work (summed over threads; % of the traced op time)",
+                  f"{'step':10s} {'traced':>7s} " + " ".join(f"{c:>16s}" for c in CATEGORIES)]
+        for kind, figures in result["steps"].items():
+            profile = figures["profile"]
+            total = sum(profile["op_ms_per_step"].values()) or 1.0
+            cells = [f"{ms:7.1f} ({100 * ms / total:3.0f}%)" for ms in profile["op_ms_per_step"].values()]
+            lines.append(f"{kind:10s} {profile['ms_per_step']:7.1f} " + " ".join(f"{c:>16s}" for c in cells))
     if config.get("models", 1) > 1:
         lines += ["", f"{config['models']} models side by side: ms per model-step (model-steps/s)"]
         for kind, figures in result["steps"].items():

@@ -199,6 +199,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=_seed, default=0, help="seed of the model, the images and the batches")
     bench.add_argument("--models", type=_integer, default=1, metavar="K",
                        help="also time K models side by side, one after another and vmapped (default 1: off)")
+    bench.add_argument("--profile", action="store_true",
+                       help="also trace the timed calls and print where XLA's time goes, by kind of work")
     bench.add_argument("--json", help="also write every figure as JSON to this path")
     _add_execution_flags(bench)
     return parser
@@ -339,7 +341,8 @@ def _bench(args: argparse.Namespace) -> None:
                          batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
                          backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,
-                         repeats=args.repeats, seed=args.seed, models=args.models)
+                         repeats=args.repeats, seed=args.seed, models=args.models,
+                         profile=args.profile)
     result = run_bench(config)
     if is_main_process():
         print(format_report(result))

@@ -67,12 +67,12 @@ def test_bench_reports_both_steps_with_flops_matching_a_hand_count(tmp_path):
     # the cost analysis, are those of -O3 (the FLOPs were identical).
     user_flags = "--xla_backend_optimization_level=0"
     path = tmp_path / "out" / "bench.json"
-    done = run_cli_process(["bench", *TINY, "--devices", "1", "--steps", "1", "--repeats", "1", "--json", str(path)],
-                           user_flags)
+    done = run_cli_process(["bench", *TINY, "--devices", "1", "--steps", "1", "--repeats", "1", "--profile",
+                            "--json", str(path)], user_flags)
     assert done.returncode == 0, done.stderr
     result = json.loads(path.read_text())
     assert [line.split()[0] for line in done.stdout.splitlines() if line.split()[:1] in (["cu"], ["train"])] \
-        == ["cu", "train"]
+        == ["cu", "train"] * 2  # the timings, then the profile
     assert "same images per step" in done.stdout
 
     env = result["environment"]
@@ -96,6 +96,11 @@ def test_bench_reports_both_steps_with_flops_matching_a_hand_count(tmp_path):
         assert figures["loop_flops_ratio"] == 1.0  # steps=1: the timed program is the 1-step program
         assert len(figures["losses"]) == 2 and all(math.isfinite(loss) and loss > 0 for loss in figures["losses"])
         assert figures["param_checksum"] > 0
+        profile = figures["profile"]  # XLA's trace of the timed step, by kind of work
+        assert all(profile["op_ms_per_step"][kind] > 0 for kind in ("conv forward", "conv input grad",
+                                                                      "conv filter grad", "elementwise"))
+        assert profile["untraced_share"] < 0.01  # ops of the host loop's small programs around the step
+    assert "XLA's trace, ms per step by kind of work" in done.stdout
 
 
 def test_bench_times_models_side_by_side_both_ways(capsys):
