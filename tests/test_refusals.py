@@ -257,3 +257,14 @@ def test_no_traceback_reaches_a_user_from_a_subprocess(tmp_path):
                                str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and finished.stderr.count("\n") == 1, finished.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_processes_waiting_for_each_other_say_so_once(tmp_path, capsys):
+    """A multi-host start is not a silent wait: each side says, once, what it waits for and how long."""
+    joiner = (TRAIN + " " + UNREACHABLE).format(tmp=tmp_path, port=free_port()).split(" ")
+    assert main(joiner) == 2
+    assert capsys.readouterr().out.count("process 1: waiting up to 1 s for process 0 at 127.0.0.1:") == 1
+    gatherer = (TRAIN + " --coordinator 127.0.0.1:{port} --num-processes 3 --process-id 0 --coordinator-timeout 1"
+                ).format(tmp=tmp_path, port=free_port()).split(" ")
+    assert main(gatherer) == 2
+    assert capsys.readouterr().out.count("process 0: waiting up to 1 s for processes 1 to 2 on port ") == 1

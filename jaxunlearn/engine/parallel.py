@@ -109,6 +109,8 @@ def _gather_processes(port: int, num_processes: int, timeout: int) -> None:
                             f"{error.strerror or error}") from None
         server.listen()
         deadline = time.monotonic() + timeout
+        print(f"process 0: waiting up to {timeout} s for processes 1 to {num_processes - 1} on port {port}",
+              flush=True)
         while expected:
             server.settimeout(max(0.01, deadline - time.monotonic()))
             try:
@@ -130,8 +132,10 @@ def _gather_processes(port: int, num_processes: int, timeout: int) -> None:
 
 
 def _join_coordinator(host: str, port: int, process_id: int, timeout: int) -> None:
-    """Say hello to process 0 on host:port; UserError when it does not answer within `timeout` seconds."""
+    """Say hello to process 0 on host:port; UserError when it does not answer within `timeout` seconds. Says
+    once that it waits, if process 0 does not answer the first time."""
     deadline = time.monotonic() + timeout
+    waiting = False
     while True:
         try:
             with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))) \
@@ -146,6 +150,9 @@ def _join_coordinator(host: str, port: int, process_id: int, timeout: int) -> No
         if time.monotonic() >= deadline:
             raise UserError(f"the `coordinator` {host}:{port} did not answer within {timeout} s; is it "
                             f"process 0 of this run?")
+        if not waiting:
+            print(f"process {process_id}: waiting up to {timeout} s for process 0 at {host}:{port}", flush=True)
+            waiting = True
         time.sleep(0.2)
 
 
