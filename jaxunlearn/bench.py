@@ -19,6 +19,7 @@ Under `shard_map` and `pmap` the compiled program is one device's: FLOPs and mem
 the model FLOPs of a step are the per-device count times the device count.
 """
 
+import itertools
 import math
 import os
 import statistics
@@ -50,6 +51,7 @@ from jaxunlearn.methods.base import Context
 from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer
 from jaxunlearn.models import MODELS, create_model
+from jaxunlearn.models.conv import resolve_conv
 from jaxunlearn.xla_profile import CATEGORIES, profile_program
 
 StepKind = Literal["cu", "train"]
@@ -66,7 +68,8 @@ class BenchConfig:
     devices: how many of `jax.devices()` to use (None = all); epoch_loop: "scan", "steps" or "auto" (see
     `make_epoch_fn`); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
     models: K > 1 also times K models side by side (`jaxunlearn.engine.ensemble`), one after another and
-    vmapped, each step of each model on the same batch size. precisions: each is timed ("f32", "bf16").
+    vmapped, each step of each model on the same batch size. precisions: each is timed ("f32", "bf16"); convs:
+    each implementation of the ResNets' convolutions is timed ("auto", "xla", "gemm"; `jaxunlearn.models.conv`).
     profile: also trace `repeats` calls and sum XLA's op times by kind of work (`jaxunlearn.xla_profile`).
     """
 
@@ -74,6 +77,7 @@ class BenchConfig:
     width: float = 1.0
     depth: int | None = None
     precisions: tuple[str, ...] = ("f32",)
+    convs: tuple[str, ...] = ("auto",)
     batch: int = 64
     image_size: int = 32
     channels: int = 3
@@ -100,6 +104,8 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
         raise UserError(f"`precisions` must name each precision once, got {list(config.precisions)}")
     for precision in config.precisions:
         check_precision(precision)
+    if not config.convs or len({resolve_conv(conv) for conv in config.convs}) < len(config.convs):
+        raise UserError(f"`convs` must name each implementation once, got {list(config.convs)}")
     if config.depth is not None and config.depth < 1:
         raise UserError(f"`depth` must be >= 1, got {config.depth}")
     if config.backend not in BACKENDS:
@@ -247,7 +253,10 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
         figures["profile"] = {"ms_per_step": profile["ms_per_call"] / config.steps,
                               "op_ms_per_step": {category: ms / config.steps
                                                  for category, ms in profile["op_ms_per_call"].items()},
-                              "untraced_share": profile["untraced_share"]}
+                              "untraced_share": profile["untraced_share"],
+                              "top_ops": [{"op": op["op"], "category": op["category"],
+                                           "ms_per_step": op["ms_per_call"] / config.steps}
+                                          for op in profile["top_ops"]]}
     return figures
 
 
@@ -320,17 +329,20 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     plans = step_plans(config, split)
     procedures = step_procedures(config, split, labels)
     figures = {}
-    for precision in config.precisions:
+    for precision, conv in itertools.product(config.precisions, config.convs):
         new_model = lambda: create_model(
             config.model, config.classes, in_channels=config.channels, image_size=(config.image_size,) * 2,
-            width=config.width, depth=config.depth, seed=config.seed, bn_axis_name=AXIS, precision=precision)
+            width=config.width, depth=config.depth, seed=config.seed, bn_axis_name=AXIS, precision=precision,
+            conv=conv)
         for kind in STEP_KINDS:
             loss_fn, tx = procedures[kind]
-            name = kind if precision == "f32" else f"{kind} {precision}"
+            name = " ".join([kind] + ([precision] if precision != "f32" else [])
+                            + ([resolve_conv(conv)] if len(config.convs) > 1 else []))
             figures[name] = bench_step(config, mesh, new_model(), data, loss_fn, tx, plans[kind])
             if config.models > 1:  # a model of its own: the step donated the first one's buffers
                 figures[name]["models"] = bench_models(config, new_model(), data, loss_fn, tx, plans[kind])
-    return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop), "steps": figures}
+    return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop)
+            | {"convs": [resolve_conv(conv) for conv in config.convs]}, "steps": figures}
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -344,7 +356,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"CU step: {config['batch']} forget + {config['batch']} retain images; train step: "
         f"{2 * config['batch']} images (same images per step)",
         f"jax {env['jax']}, {env['backend']} ({env['device_kind']}) × {env['devices']} of "
-        f"{env['devices_available']} devices, {config['backend']}, {env['epoch_loop']} loop, {env['cpu_count']} CPUs, "
+        f"{env['devices_available']} devices, {config['backend']}, {env['epoch_loop']} loop, "
+        f"{'/'.join(env.get('convs', ['xla']))} convolutions, {env['cpu_count']} CPUs, "
         f"XLA_FLAGS={env['xla_flags'] or '(none)'}",
         "",
         f"{'step':10s} {'ms/step':>9s} {'images/s':>9s} {'compile s':>9s} {'peak MiB':>9s} "

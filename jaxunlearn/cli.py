@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"jaxunlearn: error: {message}\n")
 
 
-def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+def _add_execution_flags(parser: argparse.ArgumentParser, *, conv: bool = True) -> None:
     group = parser.add_argument_group("devices and hosts")
     group.add_argument("--devices", type=_integer, help="use the first N devices of all hosts (default: all)")
     group.add_argument("--backend", choices=BACKENDS, default="shard_map",
@@ -58,6 +58,10 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epoch-loop", choices=EPOCH_LOOPS, default="auto",
                        help="an epoch as one compiled lax.scan or a host loop over one compiled step (default "
                             "auto: steps on CPU, where XLA runs convolution gradients in loops slowly; scan elsewhere)")
+    if conv:
+        group.add_argument("--conv", choices=("auto", "xla", "gemm"), default="auto",
+                           help="the ResNets' convolutions in the training steps: XLA's, or as matrix "
+                                "multiplications (default auto: the faster on this platform, BENCHMARKS.md)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
     group.add_argument("--num-processes", type=_integer, help="multi-process run: number of processes")
     group.add_argument("--process-id", type=_integer, help="multi-process run: this process's index")
@@ -189,6 +193,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--depth", type=_integer, help=DEPTH_HELP)
     bench.add_argument("--precision", choices=("f32", "bf16", "both"), default="f32",
                        help="time the steps in float32, bfloat16 compute, or both (default f32)")
+    bench.add_argument("--conv", choices=("auto", "xla", "gemm", "both"), default="auto",
+                       help="the ResNets' convolutions: auto (the faster on this platform), xla, gemm, or both timed")
     bench.add_argument("--batch", type=_integer, default=64,
                        help="B: the CU step takes B forget + B retain images, the train step 2B (default 64)")
     bench.add_argument("--image-size", type=_integer, default=32, help="height and width of the images (default 32)")
@@ -202,7 +208,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", action="store_true",
                        help="also trace the timed calls and print where XLA's time goes, by kind of work")
     bench.add_argument("--json", help="also write every figure as JSON to this path")
-    _add_execution_flags(bench)
+    _add_execution_flags(bench, conv=False)  # its own --conv can time both
     return parser
 
 
@@ -223,7 +229,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _execution(args: argparse.Namespace) -> Execution:
-    return Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop,
+    return Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop, conv=args.conv,
                      models_per_device=getattr(args, "models_per_device", None))
 
 
@@ -337,7 +343,8 @@ def _bench(args: argparse.Namespace) -> None:
     if args.json:
         check_writable(args.json, "`json`")
     precisions = ("f32", "bf16") if args.precision == "both" else (args.precision,)
-    config = BenchConfig(model=args.model, width=args.width, depth=args.depth, precisions=precisions,
+    convs = ("xla", "gemm") if args.conv == "both" else (args.conv,)
+    config = BenchConfig(model=args.model, width=args.width, depth=args.depth, precisions=precisions, convs=convs,
                          batch=args.batch, image_size=args.image_size,
                          channels=args.channels, classes=args.classes, devices=args.devices,
                          backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,

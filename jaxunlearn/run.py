@@ -49,16 +49,17 @@ def device_data(dataset: Dataset) -> DeviceData:
 
 
 def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed: int | None = None,
-                precision: str = "f32"):
+                precision: str = "f32", conv: str = "xla"):
     """(graphdef, params, batch_stats) of the configuration's model, from `seed` (default: its own), computing
-    in `precision` (the parameters are float32 in every precision).
+    in `precision` (the parameters are float32 in every precision) with the ResNets' convolutions `conv`.
 
     initialise=False gives shape-only trees (`jax.ShapeDtypeStruct` leaves) to restore a checkpoint into,
     which skips the initialisers (seconds of compilation on CPU the first time in a process).
     """
     build = lambda: create_model(config.model, dataset.num_classes, in_channels=dataset.image_shape[-1],
                                  image_size=dataset.image_shape[:2], width=config.width, depth=config.depth,
-                                 seed=config.seed if seed is None else seed, bn_axis_name=AXIS, precision=precision)
+                                 seed=config.seed if seed is None else seed, bn_axis_name=AXIS, precision=precision,
+                                 conv=conv)
     return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
 
 

@@ -179,7 +179,8 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     check_memory(config, dataset, len(members))
     initial = [model_state(config, dataset, initialise=True, seed=seed) for seed in members]
     graphdef = initial[0][0]  # float32: evaluation
-    step_graphdef = model_state(config, dataset, initialise=False, precision=config.precision)[0]
+    step_graphdef = model_state(config, dataset, initialise=False, precision=config.precision,
+                                 conv=execution.conv)[0]
     run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
     with open_workdir(workdir, run_config) as (workdir, run_config):
         meta = {"config_hash": config_hash(run_config)}
@@ -400,7 +401,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         stack_plans(first)
     starts = _starting_models(method, original, dataset, source, members, source_seeds)
     graphdef = starts[0][0]  # float32: evaluation
-    step_graphdef = model_state(original, dataset, initialise=False, precision=config.precision)[0]
+    step_graphdef = model_state(original, dataset, initialise=False, precision=config.precision,
+                                 conv=execution.conv)[0]
 
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),

@@ -38,6 +38,8 @@ _LAYOUT = {"copy", "transpose", "slice", "dynamic-slice", "dynamic-update-slice"
            "reshape", "bitcast", "broadcast", "parameter", "constant", "tuple", "get-tuple-element", "iota",
            "reverse", "gather", "scatter", "copy-start", "copy-done", "bitcast-convert"}
 _CONTROL = {"while", "conditional", "call"}
+TOP_OPS = 12
+"""How many of the longest ops `profile_program` lists by name."""
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?\[[^\]]*\](?:\{[^}]*\})?|\([^=]*\)|\S+) ([\w\-]+)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
@@ -125,7 +127,7 @@ def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repe
 
     Returns {"ms_per_call": wall ms per call while traced, "op_ms_per_call": {category: ms per call summed
     over threads}, "untraced_share": share of the op time in ops the HLO did not name (0 when every op
-    matched)}.
+    matched), "top_ops": the `TOP_OPS` longest ops, [{"op": HLO name, "category", "ms_per_call"}]}.
     """
     categories = instruction_categories(compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="jaxunlearn-profile-") as directory:
@@ -137,6 +139,7 @@ def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repe
         trace = sorted(Path(directory).rglob("*.xplane.pb"))[-1]
         data = jax.profiler.ProfileData.from_file(str(trace))
         totals: dict[str, float] = collections.defaultdict(float)
+        per_op: dict[str, float] = collections.defaultdict(float)
         unmatched = 0.0
         for plane in data.planes:
             for line in plane.lines:
@@ -144,6 +147,7 @@ def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repe
                     category = categories.get(event.name)
                     if category is not None:
                         totals[category] += event.duration_ns
+                        per_op[event.name] += event.duration_ns
                     elif not event.name.startswith("end: ") and (  # "end: NAME" marks an op's completion
                             "fusion" in event.name or event.name.startswith(("convolution", "dot", "copy"))):
                         unmatched += event.duration_ns
@@ -152,4 +156,6 @@ def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repe
         "ms_per_call": 1e3 * wall / repeats,
         "op_ms_per_call": {category: totals.get(category, 0.0) / 1e6 / repeats for category in CATEGORIES},
         "untraced_share": unmatched / (matched + unmatched) if matched + unmatched else 0.0,
+        "top_ops": [{"op": name, "category": categories[name], "ms_per_call": ns / 1e6 / repeats}
+                    for name, ns in sorted(per_op.items(), key=lambda item: -item[1])[:TOP_OPS]],
     }

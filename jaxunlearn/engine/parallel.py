@@ -36,11 +36,14 @@ class Execution:
     backend: "shard_map" or "pmap" for the per-device step.
     epoch_loop: "scan" compiles each epoch as one `lax.scan`, "steps" runs a host loop over one compiled
       step, "auto" takes "steps" on CPU and "scan" on accelerators (engine/loop.py says why).
+    conv: the ResNets' convolutions in the training steps: "xla", "gemm" (matrix multiplications,
+      `jaxunlearn.models.conv`) or "auto" (the faster on the platform; BENCHMARKS.md). Evaluation uses "xla".
     """
 
     devices: int | None = None
     backend: Backend = "shard_map"
     epoch_loop: EpochLoop = "auto"
+    conv: str = "auto"
     models_per_device: int | None = None
     """For runs of several models: how many each device steps at once in one program (vmapped); the rest
     run one group after another. None: 1 on CPU (measured faster there, BENCHMARKS.md), all on

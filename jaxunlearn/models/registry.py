@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.errors import UserError
+from jaxunlearn.models.conv import resolve_conv, use_convolution
 from jaxunlearn.models.resnet import ARCHITECTURES, SupConResNet
 from jaxunlearn.models.vit import SupConViT
 
@@ -40,14 +41,17 @@ def register_model(name: str, factory: ModelFactory) -> ModelFactory:
 
 def create_model(name: str, num_classes: int, *, in_channels: int, image_size: tuple[int, int] = (32, 32),
                  width: float = 1.0, depth: int | None = None, seed: int = 0, bn_axis_name: str | None = None,
-                 precision: str = "f32") -> nnx.Module:
-    """Build and initialise model `name` from `seed`; bad settings raise UserError."""
+                 precision: str = "f32", conv: str = "xla") -> nnx.Module:
+    """Build and initialise model `name` from `seed`; bad settings raise UserError. conv: the implementation of
+    the ResNets' convolutions ("auto", "xla", "gemm"; `jaxunlearn.models.conv`), which other models ignore."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    return MODELS[name](num_classes, in_channels=in_channels, image_size=tuple(image_size), width=width, depth=depth,
-                        bn_axis_name=bn_axis_name, dtype=PRECISIONS[precision], rngs=nnx.Rngs(seed))
+    conv = resolve_conv(conv)
+    model = MODELS[name](num_classes, in_channels=in_channels, image_size=tuple(image_size), width=width,
+                         depth=depth, bn_axis_name=bn_axis_name, dtype=PRECISIONS[precision], rngs=nnx.Rngs(seed))
+    return use_convolution(model, conv)
 
 
 def _resnet(architecture: str) -> ModelFactory:

@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxunlearn.errors import UserError
 from jaxunlearn.models.batch_norm import MaskedBatchNorm
+from jaxunlearn.models.conv import ResNetConv
 
 DType = type[jnp.floating] | jnp.dtype | None
 """A compute dtype (jnp.bfloat16); None computes in the dtype of the inputs and parameters."""
@@ -47,14 +48,14 @@ def uniform_bias_init(fan_in: int) -> jax.nn.initializers.Initializer:
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, dtype: DType, rngs: nnx.Rngs
-          ) -> nnx.Conv:
+          ) -> ResNetConv:
     """Bias-free conv padded like PyTorch (k // 2 on every side: pad 1 for 3x3, 0 for 1x1).
 
     Not "SAME": with stride 2 on even sizes, SAME pads only the bottom/right, which shifts the
     sampling grid by one pixel relative to PyTorch and to the 1x1 shortcut.
     """
     pad = kernel_size // 2
-    return nnx.Conv(
+    return ResNetConv(
         in_channels,
         out_channels,
         (kernel_size, kernel_size),
