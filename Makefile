@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxunlearn demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV)
