@@ -1,5 +1,7 @@
 """Orbax checkpoints: exact round trips, and clear errors for missing, corrupt or mismatched ones."""
 
+import sys
+
 import jax
 import numpy as np
 import optax
@@ -74,3 +76,34 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint in"):
         checkpoint.read_meta(tmp_path / "nowhere")
+
+
+def test_a_failed_restore_silences_only_its_abandoned_reads():
+    """Orbax's reads that complete into its closed loop after a failure are reported as unraisable
+    RuntimeError("Event loop is closed"): dropped once reading starts, kept after a failure (they may land
+    later), the previous hook back after a success; every other unraisable still reaches the previous hook."""
+    from jaxunlearn.engine.checkpoint import _quiet_abandoned_reads
+
+    class Raises:
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    seen = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: seen.append(str(unraisable.exc_value))
+    try:
+        mine = sys.unraisablehook
+        with _quiet_abandoned_reads():
+            Raises(RuntimeError("Event loop is closed"))
+        assert sys.unraisablehook is mine and seen == []
+        with pytest.raises(OSError):
+            with _quiet_abandoned_reads():
+                raise OSError("a read failed")
+        Raises(RuntimeError("Event loop is closed"))  # a read landing after the failure
+        Raises(ValueError("something else"))
+        assert seen == ["something else"]
+    finally:
+        sys.unraisablehook = previous

@@ -6,7 +6,10 @@ temporary directory and renames it when complete, so a run killed mid-save leave
 latest loadable one.
 """
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,28 @@ def _abstract(tree: Any) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _quiet_abandoned_reads() -> Iterator[None]:
+    """Drop the tracebacks of a failed read's abandoned siblings while Orbax reads a checkpoint.
+
+    Orbax reads a checkpoint's arrays and metadata concurrently on an asyncio loop and closes the loop when one
+    read fails; the reads still in flight then complete into the closed loop, and Python reports each as an
+    unraisable RuntimeError("Event loop is closed"), some even after the caller's error message. Those reports
+    are dropped from the moment reading starts: after a failure for the rest of the process (the reads may
+    land any time), after a success the previous hook is back.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    yield
+    sys.unraisablehook = previous
+
+
 def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) -> tuple[TrainState, dict]:
     """Restore the full state saved at `epoch` into the structure and shardings of `like`."""
     items = dict(
@@ -65,7 +90,8 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
     )
     if _has_leaves(like.batch_stats):
         items["batch_stats"] = ocp.args.StandardRestore(_abstract(like.batch_stats))
-    restored = manager.restore(epoch, args=ocp.args.Composite(**items))
+    with _quiet_abandoned_reads():
+        restored = manager.restore(epoch, args=ocp.args.Composite(**items))
     optimizer = restored["opt_state"]
     state = TrainState(
         params=restored["params"], batch_stats=restored.get("batch_stats", like.batch_stats),
@@ -131,13 +157,14 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
         item_handlers={**handlers, "meta": ocp.JsonCheckpointHandler()},
     )
     try:
-        stored = manager.item_metadata(epoch)
-        targets = {"params": params, **({"batch_stats": batch_stats} if _has_leaves(batch_stats) else {})}
-        for name, target in targets.items():
-            _check_same_shapes(f"{run_dir} (epoch {epoch})", name, _shapes(stored.get(name) or {}),
-                               _shapes(target))
-        restored = manager.restore(epoch, args=ocp.args.Composite(
-            **{name: ocp.args.StandardRestore(_abstract(target)) for name, target in targets.items()}))
+        with _quiet_abandoned_reads():
+            stored = manager.item_metadata(epoch)
+            targets = {"params": params, **({"batch_stats": batch_stats} if _has_leaves(batch_stats) else {})}
+            for name, target in targets.items():
+                _check_same_shapes(f"{run_dir} (epoch {epoch})", name, _shapes(stored.get(name) or {}),
+                                   _shapes(target))
+            restored = manager.restore(epoch, args=ocp.args.Composite(
+                **{name: ocp.args.StandardRestore(_abstract(target)) for name, target in targets.items()}))
     except UserError:
         raise
     except Exception as error:  # Orbax raises many types for unreadable trees
