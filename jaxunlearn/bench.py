@@ -249,14 +249,7 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
             nonlocal state
             state, metrics = epoch_fn(state, *data, None, blocks, 0)
             return state, metrics
-        profile = profile_program(call, compiled, config.repeats)
-        figures["profile"] = {"ms_per_step": profile["ms_per_call"] / config.steps,
-                              "op_ms_per_step": {category: ms / config.steps
-                                                 for category, ms in profile["op_ms_per_call"].items()},
-                              "untraced_share": profile["untraced_share"],
-                              "top_ops": [{"op": op["op"], "category": op["category"],
-                                           "ms_per_step": op["ms_per_call"] / config.steps}
-                                          for op in profile["top_ops"]]}
+        figures["profile"] = profile_program(call, compiled, config.repeats, steps_per_call=config.steps)
     return figures
 
 

@@ -121,13 +121,14 @@ def instruction_categories(hlo_text: str) -> dict[str, str]:
     return categories
 
 
-def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repeats: int) -> dict[str, Any]:
-    """Trace `repeats` runs of `call` (which runs the program `compiled`, already warm) and sum the time of its
-    ops by category.
+def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repeats: int,
+                    steps_per_call: int = 1) -> dict[str, Any]:
+    """Trace `repeats` runs of `call` (which runs `steps_per_call` steps of the program `compiled`, already
+    warm) and sum the time of its ops by category, per step.
 
-    Returns {"ms_per_call": wall ms per call while traced, "op_ms_per_call": {category: ms per call summed
+    Returns {"ms_per_step": wall ms per step while traced, "op_ms_per_step": {category: ms per step summed
     over threads}, "untraced_share": share of the op time in ops the HLO did not name (0 when every op
-    matched), "top_ops": the `TOP_OPS` longest ops, [{"op": HLO name, "category", "ms_per_call"}]}.
+    matched), "top_ops": the `TOP_OPS` longest ops, [{"op": HLO name, "category", "ms_per_step"}]}.
     """
     categories = instruction_categories(compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="jaxunlearn-profile-") as directory:
@@ -138,24 +139,26 @@ def profile_program(call: Callable[[], Any], compiled: jax.stages.Compiled, repe
             wall = time.perf_counter() - start
         trace = sorted(Path(directory).rglob("*.xplane.pb"))[-1]
         data = jax.profiler.ProfileData.from_file(str(trace))
-        totals: dict[str, float] = collections.defaultdict(float)
         per_op: dict[str, float] = collections.defaultdict(float)
         unmatched = 0.0
         for plane in data.planes:
             for line in plane.lines:
                 for event in line.events:
-                    category = categories.get(event.name)
-                    if category is not None:
-                        totals[category] += event.duration_ns
+                    if event.name in categories:
                         per_op[event.name] += event.duration_ns
                     elif not event.name.startswith("end: ") and (  # "end: NAME" marks an op's completion
                             "fusion" in event.name or event.name.startswith(("convolution", "dot", "copy"))):
                         unmatched += event.duration_ns
+    steps = repeats * steps_per_call
+    ms_per_step = lambda ns: ns / 1e6 / steps
+    totals = {category: 0.0 for category in CATEGORIES}
+    for name, ns in per_op.items():
+        totals[categories[name]] += ns
     matched = sum(totals.values())
     return {
-        "ms_per_call": 1e3 * wall / repeats,
-        "op_ms_per_call": {category: totals.get(category, 0.0) / 1e6 / repeats for category in CATEGORIES},
+        "ms_per_step": 1e3 * wall / steps,
+        "op_ms_per_step": {category: ms_per_step(ns) for category, ns in totals.items()},
         "untraced_share": unmatched / (matched + unmatched) if matched + unmatched else 0.0,
-        "top_ops": [{"op": name, "category": categories[name], "ms_per_call": ns / 1e6 / repeats}
+        "top_ops": [{"op": name, "category": categories[name], "ms_per_step": ms_per_step(ns)}
                     for name, ns in sorted(per_op.items(), key=lambda item: -item[1])[:TOP_OPS]],
     }
