@@ -92,6 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=("f32", "bf16"), default="f32", help=PRECISION_HELP)
     train.add_argument("--train-size", type=_integer, help="train on a fixed stratified subset of about N images")
     train.add_argument("--test-size", type=_integer, help="evaluate on a fixed stratified subset of about N images")
+    train.add_argument("--validation-size", type=_integer,
+                       help="hold out a fixed stratified set of about N training images that no run trains on")
     train.add_argument("--epochs", type=_integer, default=defaults.epochs)
     train.add_argument("--batch-size", type=_integer, default=defaults.batch_size)
     train.add_argument("--lr", type=_finite, default=defaults.learning_rate)
@@ -218,7 +220,7 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, seed=args.seed,
         train_size=args.train_size, test_size=args.test_size, depth=args.depth, precision=args.precision,
-        recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        validation_size=args.validation_size, recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay),
     )
     metrics = train(config, args.workdir, execution=_execution(args), save_every_seconds=args.save_every)

@@ -70,6 +70,9 @@ class TrainConfig:
     dataset: "digits", "fashion_mnist", or a TFDS name prepared under data_dir.
     train_size, test_size: use a fixed stratified subset of about this many images (None: all), for
       CPU-scale experiments; see `jaxunlearn.data.sources.stratified_subset`.
+    validation_size: hold out a fixed stratified set of about this many training images (None: none), on
+      which no run of this configuration trains (the original, the retrained reference, every method);
+      evaluations report `validation_acc` on it, and an experiment's tuning scores on it, not on test images.
     model: a registered model (`jaxunlearn.models.MODELS`): "resnet18" | "resnet34" | "resnet50" |
       "resnet101" | "vit_small" or one of the user's; width multiplies every channel count (ViT: its dim),
       depth sets a ViT's number of blocks (None: 12).
@@ -87,6 +90,7 @@ class TrainConfig:
     test_size: int | None = None
     depth: int | None = None
     precision: str = "f32"
+    validation_size: int | None = None
 
     def validate(self) -> None:
         """UserError for a value out of range (the dataset's own sizes are checked when it is loaded)."""
@@ -100,7 +104,7 @@ class TrainConfig:
         if self.model not in MODELS:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         check_precision(self.precision)
-        for name in ("train_size", "test_size", "depth"):
+        for name in ("train_size", "test_size", "depth", "validation_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.recipe.validate()

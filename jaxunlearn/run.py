@@ -31,15 +31,17 @@ from jaxunlearn.models import create_model
 def training_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
     """The dataset a training configuration defines (its subset, if any); `data_dir` overrides its place.
     Loaded once per process for each dataset, place and subset."""
-    return _training_data(config.dataset, data_dir or config.data_dir, config.train_size, config.test_size)
+    return _training_data(config.dataset, data_dir or config.data_dir, config.train_size, config.test_size,
+                          config.validation_size)
 
 
 @functools.lru_cache(maxsize=4)
-def _training_data(name: str, data_dir: str | None, train_size: int | None, test_size: int | None) -> Dataset:
+def _training_data(name: str, data_dir: str | None, train_size: int | None, test_size: int | None,
+                   validation_size: int | None) -> Dataset:
     dataset = load_dataset(name, data_dir)
-    if train_size is None and test_size is None:
+    if train_size is None and test_size is None and validation_size is None:
         return dataset
-    return stratified_subset(dataset, train_size, test_size)
+    return stratified_subset(dataset, train_size, test_size, validation_size)
 
 
 @functools.lru_cache(maxsize=4)

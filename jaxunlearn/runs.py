@@ -30,6 +30,7 @@ from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
 from jaxunlearn.data.sources import Dataset
 from jaxunlearn.data.splits import (ForgetSpec, Pairing, Split, index_hash, load_split, make_split, save_indices,
                                     save_split)
+from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
 from jaxunlearn.engine.loop import Procedure, fit, steps_in
 from jaxunlearn.engine.step import eval_forward
@@ -37,7 +38,8 @@ from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, write_json
-from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, part_outputs, split_parts
+from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, split_parts,
+                                           whole_sets)
 from jaxunlearn.evaluation.model import evaluate_model_outputs
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
@@ -113,6 +115,23 @@ def _remove_created(directory: Path | None) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def finished_run(workdir: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The final metrics (metrics.json) of a run of `config` that already went to its end in `workdir`, or
+    None when it has not (then it starts or resumes as usual). A rerun of a finished run thus builds no model
+    and compiles nothing. Finished: the configuration is the same, the latest checkpoint is the run's last,
+    and metrics.json evaluates that checkpoint (its `steps`)."""
+    path = Path(workdir)
+    if not str(workdir).strip() or not (path / "metrics.json").is_file() or checkpoint.latest_epoch(path) is None:
+        return None
+    try:
+        stored, metrics = Run(path).config, json.loads((path / "metrics.json").read_text())
+        meta = checkpoint.read_meta(path)
+    except (UserError, OSError, ValueError):
+        return None  # the ordinary path reports what is wrong
+    same = canonical_config(stored) == canonical_config(json.loads(json.dumps(config)))
+    return metrics if same and meta.get("finished") and metrics.get("steps") == meta.get("steps") else None
+
+
 def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
     """What makes two configurations the same run: the resolved values, not how they were spelled.
 
@@ -127,7 +146,7 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
     for key, fields_of in (("config", TrainConfig if config.get("kind") == "train" else UnlearnConfig),
                            ("train_config", TrainConfig)):
         if isinstance(config.get(key), dict):
-            config[key] = _with_defaults(config[key], fields_of)
+            config[key] = with_defaults(config[key], fields_of)
     result = strip(config)
     if isinstance(result.get("config"), dict) and "hparams" in result:
         result["config"] = {key: item for key, item in result["config"].items() if key != "hparams"}
@@ -136,16 +155,14 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _with_defaults(fields: dict[str, Any], config_class: type) -> dict[str, Any]:
+def with_defaults(fields: dict[str, Any], config_class: type) -> dict[str, Any]:
     """`fields` of a `config_class` with the defaults of the fields it lacks: a run recorded before a field
     was added is the same configuration as one that sets it to its default."""
-    defaults = {field.name: to_json(field.default) for field in dataclasses.fields(config_class)
-                if field.default is not dataclasses.MISSING}
+    defaults = {field.name: to_json(field.default if field.default_factory is dataclasses.MISSING
+                                    else field.default_factory())
+                for field in dataclasses.fields(config_class)
+                if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING}
     return {**defaults, **fields}
-
-
-def _host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
-    return {"train": dataset.train_labels, "test": dataset.test_labels}
 
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
@@ -176,12 +193,14 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
     if ensemble is not None:
         stack_plans(first)
+    run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
+    if (finished := finished_run(workdir, run_config)) is not None:
+        return finished
     check_memory(config, dataset, len(members))
     initial = [model_state(config, dataset, initialise=True, seed=seed) for seed in members]
     graphdef = initial[0][0]  # float32: evaluation
     step_graphdef = model_state(config, dataset, initialise=False, precision=config.precision,
                                  conv=execution.conv)[0]
-    run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
     with open_workdir(workdir, run_config) as (workdir, run_config):
         meta = {"config_hash": config_hash(run_config)}
         if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
@@ -190,19 +209,19 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         data = device_data(dataset)
         tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
         predict = make_predictor(graphdef, data.mean, data.std)
-        test_part = {"test": ("test", np.arange(len(dataset.test_labels)))}
+        held_out_sets = whole_sets(dataset)
         procedure = Procedure(
             loss_fn=supervised_loss, tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
-            evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, _host_labels(dataset),
-                                                     test_part),
+            evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, host_labels(dataset),
+                                                     held_out_sets),
             should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
         )
         states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
         state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
-            predict, model.params, model.batch_stats, data, _host_labels(dataset),
-            {"train": ("train", pools[k]), **test_part}))
+            predict, model.params, model.batch_stats, data, host_labels(dataset),
+            {"train": ("train", pools[k]), **held_out_sets}))
         if is_main_process():
             write_json(workdir / "metrics.json", metrics)
         return metrics
@@ -399,16 +418,17 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     first = [plan(0) for plan in plans]  # the method's own checks of its plan, before anything is written
     if ensemble is not None:
         stack_plans(first)
-    starts = _starting_models(method, original, dataset, source, members, source_seeds)
-    graphdef = starts[0][0]  # float32: evaluation
-    step_graphdef = model_state(original, dataset, initialise=False, precision=config.precision,
-                                 conv=execution.conv)[0]
-
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
                   "train_config": to_json(original), "hparams": dataclasses.asdict(hparams),
                   **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
                   **_models_config(seeds, splits=splits if per_model_splits else None)}
+    if (finished := finished_run(workdir, run_config)) is not None:
+        return finished
+    starts = _starting_models(method, original, dataset, source, members, source_seeds)
+    graphdef = starts[0][0]  # float32: evaluation
+    step_graphdef = model_state(original, dataset, initialise=False, precision=config.precision,
+                                 conv=execution.conv)[0]
     with open_workdir(workdir, run_config) as (workdir, run_config):
         if is_main_process():
             _save_splits(workdir, splits if per_model_splits else splits[:1])
@@ -429,10 +449,10 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             states.append(create_state(params, batch_stats, model_tx, extra))
             auxes.append(aux)
         predict = make_predictor(graphdef, data.mean, data.std)
-        parts = [split_parts(split, dataset.test_labels) for split in splits]
+        parts = [split_parts(split, dataset.test_labels, dataset.validation_labels) for split in splits]
         monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"}
                      for model_parts in parts]
-        labels = _host_labels(dataset)
+        labels = host_labels(dataset)
         procedure = Procedure(
             loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=_plan_of_models(plans, ensemble),
             epochs=hparams.epochs,

@@ -1,6 +1,7 @@
 """Dataset sources: sklearn digits, Fashion-MNIST IDX files and TFDS array_record sources."""
 
 import gzip
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,29 @@ def test_stratified_subset_is_fixed_balanced_and_ordered():
     assert subset.mean == digits.mean
     with pytest.raises(UserError, match="test size must be between 1 and 359"):
         stratified_subset(digits, None, 360)
+
+
+def rows(images: np.ndarray) -> list[bytes]:
+    return sorted(image.tobytes() for image in images)
+
+
+def test_a_validation_set_is_held_out_of_the_train_set_before_its_subset():
+    digits = load_dataset("digits")
+    held = stratified_subset(digits, None, None, 200)
+    assert abs(len(held.validation_labels) - 200) <= 10
+    np.testing.assert_array_equal(np.bincount(held.validation_labels) + np.bincount(held.train_labels),
+                                  np.bincount(digits.train_labels))
+    assert rows(np.concatenate([held.train_images, held.validation_images])) == rows(digits.train_images)
+    both = stratified_subset(digits, 719, None, 200)  # drawn from the images the subset leaves out
+    np.testing.assert_array_equal(both.train_images, stratified_subset(digits, 719, None).train_images)
+    assert abs(len(both.validation_labels) - 200) <= 10
+    used = Counter(rows(np.concatenate([both.train_images, both.validation_images])))
+    assert not used - Counter(rows(digits.train_images))  # disjoint: no image is in both more often than it exists
+    assert stratified_subset(digits, 719, None).validation_images is None
+    with pytest.raises(UserError, match="validation size must be between 1 and 1437"):
+        stratified_subset(digits, None, None, 1438)
+    with pytest.raises(UserError, match="validation size must be between 1 and 719"):  # 1,438 − 719 left
+        stratified_subset(digits, 719, None, 720)
 
 
 def test_fashion_mnist_real_files():

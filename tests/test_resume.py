@@ -124,6 +124,38 @@ def test_a_leftover_temporary_file_does_not_block_a_first_start(tmp_path, uninte
                                                          "metrics.json", "metrics.jsonl"]
 
 
+def refuse_to_build(*args, **kwargs):
+    raise AssertionError("a finished run built a model")
+
+
+def test_a_rerun_of_a_finished_run_returns_its_metrics_without_building_anything(uninterrupted, tmp_path,
+                                                                                 monkeypatch):
+    whole, whole_metrics = uninterrupted
+    workdir = tmp_path / "run"
+    shutil.copytree(whole, workdir)
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "model_state", refuse_to_build)
+        assert train(workdir) == json.loads(json.dumps(whole_metrics))
+    assert logs(workdir) == logs(whole)
+    # metrics.json of an earlier checkpoint (an `evaluate` before the run went on) is no finished run
+    stale = {**whole_metrics, "steps": 10}
+    (workdir / "metrics.json").write_text(json.dumps(stale))
+    assert without_seconds(train(workdir)) == without_seconds(whole_metrics)
+    assert json.loads((workdir / "metrics.json").read_text())["steps"] == 15
+
+
+def test_a_rerun_of_a_finished_unlearning_builds_nothing(digits_run, tmp_path, monkeypatch):
+    source, _ = digits_run
+    command = ["unlearn", "--method", "finetune", "--forget", "class:5", "--workdir", str(tmp_path / "ft"),
+               "--epochs", "1", "--from", str(source)]
+    assert main(command) == 0
+    finished = (tmp_path / "ft" / "metrics.json").read_text()
+    monkeypatch.setattr(runs, "_starting_models", refuse_to_build)
+    monkeypatch.setattr(runs, "model_state", refuse_to_build)
+    assert main(command) == 0
+    assert (tmp_path / "ft" / "metrics.json").read_text() == finished
+
+
 def poisoned_at(step_index: int):
     """The supervised loss, whose gradient at optimizer step `step_index` (0-based) is NaN while the loss
     itself stays finite: only the parameters after that update are non-finite."""

@@ -11,7 +11,8 @@ from jaxunlearn.data.sources import Dataset
 
 @dataclass(frozen=True)
 class DeviceData:
-    """Train and test images on device, still uint8; normalised per batch inside the step."""
+    """Train, test and (when the dataset holds one out) validation images on device, still uint8; normalised
+    per batch inside the step."""
 
     train_images: jax.Array  # uint8 [N, H, W, C]
     train_labels: jax.Array  # int32 [N]
@@ -19,6 +20,7 @@ class DeviceData:
     test_labels: jax.Array  # int32 [M]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    validation_images: jax.Array | None = None  # uint8 [V, H, W, C]
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> "DeviceData":
@@ -29,6 +31,7 @@ class DeviceData:
             test_labels=jax.device_put(dataset.test_labels.astype(np.int32)),
             mean=tuple(dataset.mean),
             std=tuple(dataset.std),
+            validation_images=None if dataset.validation_images is None else jax.device_put(dataset.validation_images),
         )
 
 

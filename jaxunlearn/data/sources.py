@@ -45,7 +45,8 @@ class Dataset:
     """Whole dataset held in host memory.
 
     Images are uint8 [N, H, W, C]; labels int32 [N]. ``mean``/``std`` are per-channel,
-    in [0, 1] pixel units (applied after dividing by 255).
+    in [0, 1] pixel units (applied after dividing by 255). ``validation_images``/``validation_labels``
+    [V, ...]: training images held out of the train set (`stratified_subset`), None when none are.
     """
 
     name: str
@@ -56,6 +57,8 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    validation_images: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -83,22 +86,39 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     return dataset
 
 
-def stratified_subset(dataset: Dataset, train_size: int | None, test_size: int | None) -> Dataset:
-    """The dataset reduced to about `train_size` train and `test_size` test images (None: all).
+def stratified_subset(dataset: Dataset, train_size: int | None, test_size: int | None,
+                      validation_size: int | None = None) -> Dataset:
+    """The dataset reduced to about `train_size` train and `test_size` test images (None: all), with about
+    `validation_size` training images held out as the validation set (None: none).
 
     Every class keeps round(size/N · its count) images, chosen by a fixed permutation (seed 0) and kept in
     their original order, so a subset is part of the dataset's definition: the same for every run and seed.
-    The normalisation stays the full dataset's. UserError for sizes outside [1, N].
+    The validation set is drawn the same way (seed 1) from the training images the train subset leaves out,
+    or from all of them without a subset (the train set is then the rest): a train subset is the same with
+    or without it. The normalisation stays the full dataset's. UserError for sizes outside [1, N] and a
+    validation set larger than the images left to it.
     """
+    labels = dataset.train_labels
+    keep = np.ones(len(labels), bool)
+    if train_size is not None:
+        if not 1 <= train_size <= len(labels):
+            raise UserError(f"train size must be between 1 and {len(labels)}, got {train_size}")
+        keep = _stratified_test_mask(labels, train_size / len(labels), seed=0)
     sets = {}
-    for part, size in (("train", train_size), ("test", test_size)):
-        images, labels = getattr(dataset, f"{part}_images"), getattr(dataset, f"{part}_labels")
-        if size is not None:
-            if not 1 <= size <= len(labels):
-                raise UserError(f"{part} size must be between 1 and {len(labels)}, got {size}")
-            keep = _stratified_test_mask(labels, size / len(labels), seed=0)
-            images, labels = images[keep], labels[keep]
-        sets[f"{part}_images"], sets[f"{part}_labels"] = images, labels
+    if validation_size is not None:
+        pool = np.flatnonzero(~keep) if train_size is not None else np.arange(len(labels))
+        most = len(pool) - (train_size is None)  # without a subset, at least one image stays to train on
+        if not 1 <= validation_size <= most:
+            raise UserError(f"validation size must be between 1 and {most}, got {validation_size}")
+        held = pool[_stratified_test_mask(labels[pool], validation_size / len(pool), seed=1)]
+        keep[held] = False
+        sets.update(validation_images=dataset.train_images[held], validation_labels=labels[held])
+    sets.update(train_images=dataset.train_images[keep], train_labels=labels[keep])
+    if test_size is not None:
+        if not 1 <= test_size <= len(dataset.test_labels):
+            raise UserError(f"test size must be between 1 and {len(dataset.test_labels)}, got {test_size}")
+        kept = _stratified_test_mask(dataset.test_labels, test_size / len(dataset.test_labels), seed=0)
+        sets.update(test_images=dataset.test_images[kept], test_labels=dataset.test_labels[kept])
     return dataclasses.replace(dataset, **sets)
 
 

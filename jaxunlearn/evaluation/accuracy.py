@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.data.device import DeviceData, normalise
+from jaxunlearn.data.sources import Dataset
 from jaxunlearn.data.splits import Split
 
 CHUNK = 512
@@ -21,7 +22,7 @@ Predictor = Callable[[nnx.State, nnx.State, jax.Array, np.ndarray], tuple[np.nda
 → (logits float32 [n, C], embeddings float32 [n, D])."""
 
 Parts = dict[str, tuple[str, np.ndarray]]
-"""part name → ("train" | "test", indices into that set)."""
+"""part name → ("train" | "test" | "validation", indices into that set)."""
 
 
 @partial(jax.jit, static_argnames=("graphdef", "mean", "std"))
@@ -65,30 +66,48 @@ def accuracy_and_confidence(logits: np.ndarray, labels: np.ndarray) -> tuple[flo
     return float(np.mean(logits.argmax(axis=1) == labels)), float(np.mean(probs.max(axis=1)))
 
 
-def split_parts(split: Split, test_labels: np.ndarray) -> Parts:
+def split_parts(split: Split, test_labels: np.ndarray, validation_labels: np.ndarray | None = None) -> Parts:
     """The evaluated parts of a split.
 
     forget_train, retain_train: the split itself. In class mode forget_test holds the test images of the
-    forgotten classes and test the others (remain-test); in sample mode test is the whole test set.
+    forgotten classes and test the others (remain-test); in sample mode test is the whole test set. With
+    `validation_labels` (a held-out validation set), validation and forget_validation in the same way.
     """
-    forget_test = split.forget_test_mask(test_labels)
     parts = {"forget_train": ("train", split.forget), "retain_train": ("train", split.retain)}
-    if split.spec.mode == "class":
-        parts["forget_test"] = ("test", np.flatnonzero(forget_test))
-    parts["test"] = ("test", np.flatnonzero(~forget_test))
+    for where, labels in (("test", test_labels), ("validation", validation_labels)):
+        if labels is None:
+            continue
+        forgotten = split.forget_test_mask(labels)
+        if split.spec.mode == "class":
+            parts[f"forget_{where}"] = (where, np.flatnonzero(forgotten))
+        parts[where] = (where, np.flatnonzero(~forgotten))
     return parts
+
+
+def host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
+    """"train", "test" and, when the dataset holds one out, "validation" → that set's labels [N]."""
+    labels = {"train": dataset.train_labels, "test": dataset.test_labels}
+    if dataset.validation_labels is not None:
+        labels["validation"] = dataset.validation_labels
+    return labels
+
+
+def whole_sets(dataset: Dataset) -> Parts:
+    """Every image of the test set and, when the dataset holds one out, of the validation set."""
+    return {where: (where, np.arange(len(labels))) for where, labels in host_labels(dataset).items()
+            if where != "train"}
 
 
 def part_outputs(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
                  parts: Parts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """part name → (logits [n, C], embeddings [n, D]) of the model (params, batch_stats)."""
-    images = {"train": data.train_images, "test": data.test_images}
+    images = {"train": data.train_images, "test": data.test_images, "validation": data.validation_images}
     return {name: predict(params, batch_stats, images[where], indices) for name, (where, indices) in parts.items()}
 
 
 def evaluate_parts(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
                    labels: dict[str, np.ndarray], parts: Parts) -> dict[str, float]:
-    """`<part>_acc` and `<part>_conf` for each part; `labels` maps "train"/"test" to host label arrays."""
+    """`<part>_acc` and `<part>_conf` for each part; `labels` maps each set to its host labels (`host_labels`)."""
     outputs = part_outputs(predict, params, batch_stats, data, parts)
     metrics = {}
     for name, (where, indices) in parts.items():

@@ -7,7 +7,8 @@ from flax import nnx
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import Dataset
 from jaxunlearn.data.splits import Split
-from jaxunlearn.evaluation.accuracy import Predictor, evaluate_parts, make_predictor, part_outputs, split_parts
+from jaxunlearn.evaluation.accuracy import (Predictor, evaluate_parts, host_labels, make_predictor, part_outputs,
+                                           split_parts, whole_sets)
 from jaxunlearn.evaluation.shallow import recompute_batch_stats
 from jaxunlearn.evaluation.suite import Outputs, forgetting_metrics, part_labels, probe_metrics
 
@@ -17,7 +18,8 @@ def evaluate_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
                    predict: Predictor | None = None) -> dict[str, float]:
     """Metrics of the model (graphdef, params, batch_stats) from `nnx.split(model, nnx.Param, nnx.BatchStat)`.
 
-    Without a split: `train_acc`, `test_acc` and their mean confidences. With a split: per part
+    Without a split: `train_acc`, `test_acc` (and `validation_acc` when the dataset holds one out) and their
+    mean confidences. With a split: per part
     (forget_train, retain_train, forget_test for class forgetting, test) accuracy and confidence, the
     membership-inference attacks, the linear probe of the forgotten class, and `bn_recomputed_<part>_acc`:
     the accuracies after the BatchNorm statistics are recomputed on the retain set, no weight changed
@@ -34,12 +36,11 @@ def evaluate_model_outputs(graphdef: nnx.GraphDef, params: nnx.State, batch_stat
     a caller that compares them with another model's."""
     data = DeviceData.from_dataset(dataset) if data is None else data
     predict = make_predictor(graphdef, data.mean, data.std) if predict is None else predict
-    labels = {"train": dataset.train_labels, "test": dataset.test_labels}
+    labels = host_labels(dataset)
     if split is None:
-        parts = {"train": ("train", np.arange(len(dataset.train_labels))),
-                 "test": ("test", np.arange(len(dataset.test_labels)))}
+        parts = {"train": ("train", np.arange(len(dataset.train_labels))), **whole_sets(dataset)}
         return evaluate_parts(predict, params, batch_stats, data, labels, parts), None
-    parts = split_parts(split, dataset.test_labels)
+    parts = split_parts(split, dataset.test_labels, dataset.validation_labels)
     outputs = part_outputs(predict, params, batch_stats, data, parts)
     metrics = forgetting_metrics(outputs, part_labels(parts, labels), split)
     metrics.update(probe_metrics(outputs, part_labels(parts, labels), split))

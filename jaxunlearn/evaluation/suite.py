@@ -20,7 +20,7 @@ MIA_MEMBERS = 10_000
 
 
 def part_labels(parts: Parts, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """part name → true labels of its rows; `labels` maps "train"/"test" to the whole sets' labels."""
+    """part name → true labels of its rows; `labels` maps each set to its labels (`accuracy.host_labels`)."""
     return {name: labels[where][indices] for name, (where, indices) in parts.items()}
 
 
