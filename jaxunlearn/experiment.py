@@ -8,7 +8,14 @@ run, so an interrupted experiment resumes where it stopped (an interrupted run r
 checkpoint). At the end `OUT/report.md` holds the mean ± std table with the gap to the retrained model, and
 the plots.
 
-Layout: RUNS/<protocol>/seed<S>/{original, retrain, <method>...}; OUT/{results.json, report.md, *.png}.
+A protocol may tune methods (`tuning`, `jaxunlearn.tuning`): each tuned method first tries every
+configuration of its grid on the first seed (runs `<method>-tune<i>`), the configuration closest to the
+retrained reference on forget-train, retain-train and the held-out validation images is chosen, and it runs
+on every seed as `<method>-tuned`, beside the method at its defaults. results.json keeps every configuration
+tried, its score and the choice under "tuning"; report.md shows them.
+
+Layout: RUNS/<protocol>/seed<S>/{original, retrain, <method>..., <method>-tune<i>..., <method>-tuned...};
+OUT/{results.json, report.md, *.png}.
 """
 
 import dataclasses
@@ -30,9 +37,12 @@ from jaxunlearn.evaluation.relearn import RelearnSettings
 from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
 from jaxunlearn.run import Run, training_data
-from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn
+from jaxunlearn.runs import evaluate_run, obtain_split, resolve_hparams, train, unlearn, with_defaults
+from jaxunlearn.tuning import SCORED_PARTS, Tuning, tuning_record
 
 REFERENCE = "retrain"
+TUNED = "-tuned"
+"""Suffix of a tuned method's runs: `contrastive-tuned`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +55,9 @@ class ExperimentProtocol:
     methods: run after the retrained reference, in this order.
     hparams: per-method overrides as `--hp NAME=VALUE` strings, e.g. {"finetune": {"epochs": "5"}}.
     reference_hparams: overrides for the retrained reference (by default the original's recipe).
+    tuning: per-method grids (`jaxunlearn.tuning.Tuning`, over `hparams`), tried on the first seed; the
+      chosen configuration runs on every seed as `<method>-tuned`. Needs `train.validation_size`: the choice
+      reads validation images, never test images.
     """
 
     name: str
@@ -57,13 +70,14 @@ class ExperimentProtocol:
     reference_hparams: dict[str, str] = dataclasses.field(default_factory=dict)
     pairing: Pairing = "default"
     relearn_steps: int = RelearnSettings.max_steps
+    tuning: dict[str, Tuning] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "forget", as_forget_spec(self.forget))
 
     def check(self) -> None:
-        """UserError for an unknown method or pairing, a method that cannot forget this way, or overrides of
-        unlisted methods."""
+        """UserError for an unknown method or pairing, a method that cannot forget this way, overrides or
+        tuning of unlisted methods, a tuning grid over budget, or tuning without validation images."""
         if self.pairing not in PAIRINGS:
             raise UserError(f"protocol {self.name}: unknown pairing {self.pairing!r}")
         for method in self.methods:
@@ -75,9 +89,22 @@ class ExperimentProtocol:
             raise UserError(f"protocol {self.name}: hparams for methods it does not run: {', '.join(sorted(unknown))}")
         if not self.seeds:
             raise UserError(f"protocol {self.name}: no seeds")
+        untuned = set(self.tuning) - set(self.methods)
+        if untuned:
+            raise UserError(f"protocol {self.name}: tuning for methods it does not run: {', '.join(sorted(untuned))}")
+        if self.tuning and self.train.validation_size is None:
+            raise UserError(f"protocol {self.name} tunes methods but holds out no validation images; set "
+                            "train.validation_size (tuning reads no test data)")
         self.train.validate()
+        tried = []
+        for method, tuning in self.tuning.items():
+            if not isinstance(tuning, Tuning):
+                raise UserError(f"protocol {self.name}: the tuning of {method} must be a Tuning(...)")
+            tuning.check(method)
+            tried += [(method, {**self.hparams.get(method, {}), **configuration})
+                      for configuration in tuning.configurations()]
         for method, overrides in ((REFERENCE, self.reference_hparams),
-                                  *((method, self.hparams.get(method, {})) for method in self.methods)):
+                                  *((method, self.hparams.get(method, {})) for method in self.methods), *tried):
             try:  # every configuration is resolved and validated before anything is trained
                 override(get_method(method).default_hparams(self.forget.mode, self.train), overrides)
             except UserError as error:
@@ -110,7 +137,8 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
     """Run (or resume) `protocol` for `seeds` and `methods` (default: the protocol's), then write the report.
 
     data_dir: where the dataset is on this machine, if not where the protocol says.
-    Returns the results: {"protocol": ..., "runs": {seed: {run name: metrics}}} as in results.json.
+    Returns the results as in results.json: {"protocol": ..., "runs": {seed: {run name: metrics}},
+    "tuning": {method: `jaxunlearn.tuning.tuning_record`}}.
     """
     protocol.check()
     seeds = protocol.seeds if seeds is None else seeds
@@ -122,40 +150,92 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
     results_path = out / "results.json"
     _preflight(protocol, seeds, runs_dir, results_path, data_dir, execution)
     results = _load_results(results_path, protocol)
+    tuned = [method for method in methods if method in protocol.tuning]
+    tuning_seed = protocol.seeds[0]
+    untuned = [method for method in tuned if method not in results["tuning"]]
+    if untuned and tuning_seed not in seeds:
+        raise UserError(f"protocol {protocol.name} chooses the settings of {', '.join(untuned)} on seed "
+                        f"{tuning_seed}; run that seed first (or with the others)")
     relearn = RelearnSettings(max_steps=protocol.relearn_steps)
-    for seed in seeds:
+    for seed in sorted(seeds, key=lambda s: s != tuning_seed):  # the tuning seed first: it makes the choices
         root = Path(runs_dir) / protocol.name / f"seed{seed}"
         done = results["runs"].setdefault(str(seed), {})
         original = root / "original"
         train_config = dataclasses.replace(protocol.train, seed=seed, data_dir=data_dir or protocol.train.data_dir)
         loaded: dict[str, Run] = {}  # the seed's original and reference, each loaded once they are done
         load = lambda name: loaded.setdefault(name, Run(root / name))
-        for name in ("original", REFERENCE, *methods):
+
+        def run_method(name: str, method: str, overrides: dict[str, str]) -> None:
+            """Unlearn with `method` into run `name` and evaluate it, unless results.json has it already."""
             if name in done:
-                continue
+                return
+            config = UnlearnConfig(method=method, forget=protocol.forget, hparams=overrides,
+                                   pairing=protocol.pairing, seed=seed, data_dir=data_dir)
+            twin = identical_run(config, train_config, root, done)
+            if twin is not None:  # the same run: a tuned configuration that is the default, or the chosen one
+                _announce(f"{protocol.name} seed {seed}: {name} is {twin}'s configuration: its run is reused")
+                shutil.rmtree(root / name, ignore_errors=True)
+                shutil.copytree(root / twin, root / name)
+                done[name] = done[twin]
+                _save(results, results_path)
+                return
             _announce(f"{protocol.name} seed {seed}: {name}")
             started = time.perf_counter()
-            if name == "original":  # evaluated once the reference exists
-                train(train_config, original, execution=execution)
-                metrics = {}
-            else:
-                overrides = protocol.reference_hparams if name == REFERENCE else protocol.hparams.get(name, {})
-                config = UnlearnConfig(method=name, forget=protocol.forget, hparams=overrides,
-                                       pairing=protocol.pairing, seed=seed, data_dir=data_dir)
-                unlearn(config, original, root / name, execution=execution)
-                metrics = evaluate_run(root / name, reference=load(REFERENCE), original=load("original"),
-                                       relearn=relearn)
+            unlearn(config, original, root / name, execution=execution)
+            metrics = evaluate_run(root / name, reference=load(REFERENCE), original=load("original"),
+                                   relearn=relearn)
             done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
-            if name == REFERENCE:
-                split = obtain_split(original, training_data(train_config), protocol.forget, protocol.pairing, seed)
-                done["original"] = {**evaluate_run(load("original"), split, reference=load(REFERENCE),
-                                                   relearn=relearn),
-                                    "wall_seconds": done["original"]["wall_seconds"]}
             _save(results, results_path)
+
+        if "original" not in done:
+            _announce(f"{protocol.name} seed {seed}: original")
+            started = time.perf_counter()
+            train(train_config, original, execution=execution)
+            done["original"] = {"wall_seconds": time.perf_counter() - started}  # evaluated with the reference
+            _save(results, results_path)
+        run_method(REFERENCE, REFERENCE, protocol.reference_hparams)
+        if "test_acc" not in done["original"]:
+            split = obtain_split(original, training_data(train_config), protocol.forget, protocol.pairing, seed)
+            done["original"] = {**evaluate_run(load("original"), split, reference=load(REFERENCE), relearn=relearn),
+                                "wall_seconds": done["original"]["wall_seconds"]}
+            _save(results, results_path)
+        for method in methods:
+            run_method(method, method, protocol.hparams.get(method, {}))
+        for method in tuned:
+            defaults = protocol.hparams.get(method, {})
+            if method not in results["tuning"]:  # on the tuning seed (checked above)
+                configurations = protocol.tuning[method].configurations()
+                for i, configuration in enumerate(configurations):
+                    run_method(f"{method}-tune{i}", method, {**defaults, **configuration})
+                results["tuning"][method] = tuning_record(
+                    configurations, [done[f"{method}-tune{i}"] for i in range(len(configurations))],
+                    done[REFERENCE], seed)
+                _save(results, results_path)
+            run_method(f"{method}{TUNED}", method, {**defaults, **results["tuning"][method]["hparams"]})
     if is_main_process():
         record_runs(results, Path(runs_dir) / protocol.name, out)
         write_experiment_report(results, out)
     return results
+
+
+def identical_run(config: UnlearnConfig, original: TrainConfig, root: Path, done: dict[str, Any]) -> str | None:
+    """A finished run in `done` (the run names of one seed under `root`) of the same method, split and
+    resolved hyperparameters as `config`: the same run, which then need not run again. None if there is none."""
+    resolved = json.loads(json.dumps(dataclasses.asdict(resolve_hparams(config, original))))
+    wanted = _without_spelling(to_json(config))
+    for name in done:
+        path = root / name / "config.json"
+        if name == "original" or not path.is_file():
+            continue
+        recorded = json.loads(path.read_text())
+        if recorded.get("hparams") == resolved and _without_spelling(recorded.get("config", {})) == wanted:
+            return name
+    return None
+
+
+def _without_spelling(config: dict[str, Any]) -> dict[str, Any]:
+    """An unlearning configuration without its raw overrides and data place (the resolved values decide)."""
+    return {key: value for key, value in json.loads(json.dumps(config)).items() if key not in ("hparams", "data_dir")}
 
 
 def _preflight(protocol: ExperimentProtocol, seeds: tuple[int, ...], runs_dir: str | Path, results_path: Path,
@@ -196,11 +276,20 @@ def _save(results: dict[str, Any], path: Path) -> None:
 def _load_results(path: Path, protocol: ExperimentProtocol) -> dict[str, Any]:
     described = json.loads(json.dumps(to_json(protocol)))
     if not path.exists():
-        return {"protocol": described, "runs": {}}
+        return {"protocol": described, "runs": {}, "tuning": {}}
     results = json.loads(path.read_text())
-    if results.get("protocol") != described:
+    if _with_protocol_defaults(results.get("protocol")) != _with_protocol_defaults(described):
         raise UserError(f"{path} holds results of another protocol definition; choose another `out_dir`")
-    return results
+    return {"tuning": {}, **results, "protocol": described}
+
+
+def _with_protocol_defaults(described: Any) -> Any:
+    """A protocol as results.json describes it, with the defaults of fields it lacks (the protocol and its
+    train configuration): results recorded before a field was added stay results of the same protocol."""
+    if not isinstance(described, dict) or not isinstance(described.get("train"), dict):
+        return described
+    return {**with_defaults(described, ExperimentProtocol),
+            "train": with_defaults(described["train"], TrainConfig)}
 
 
 def write_experiment_report(results: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -211,8 +300,8 @@ def write_experiment_report(results: dict[str, Any], out_dir: Path) -> list[Path
                 if REFERENCE in runs and "test_acc" in runs.get("original", {})]
     if not complete:
         return []
-    names = ["original", REFERENCE, *(m for m in protocol["methods"]
-                                      if all(m in results["runs"][seed] for seed in complete))]
+    listed = [name for method in protocol["methods"] for name in (method, f"{method}{TUNED}")]
+    names = ["original", REFERENCE, *(name for name in listed if all(name in results["runs"][seed] for seed in complete))]
     per_seed = {name: [results["runs"][seed][name] for seed in complete] for name in names}
     train_config = protocol["train"]
     notes = "\n".join([
@@ -227,7 +316,33 @@ def write_experiment_report(results: dict[str, Any], out_dir: Path) -> list[Path
         "`seconds` is the unlearning run's own training time (epochs and their per-epoch evaluation); "
         "`wall_seconds` in results.json adds set-up and the full evaluation.",
     ])
-    return write_seed_report(per_seed, out_dir, title=f"Experiment {protocol['name']}", notes=notes)
+    return write_seed_report(per_seed, out_dir, title=f"Experiment {protocol['name']}", notes=notes,
+                             appendix=tuning_section(results.get("tuning", {})))
+
+
+def tuning_section(tuning: dict[str, Any]) -> str:
+    """report.md's account of the tuning: per tuned method, every configuration tried with its accuracies,
+    gaps' mean (the score) and the choice ("" when nothing was tuned)."""
+    if not tuning:
+        return ""
+    seeds = sorted({record["seed"] for record in tuning.values()})
+    lines = ["## Tuning", "",
+             f"Each `<method>{TUNED}` row above runs the configuration chosen on seed {', '.join(map(str, seeds))} "
+             f"among the ones below: the lowest score, the mean of |accuracy − {REFERENCE}'s| over "
+             f"{', '.join(part.removesuffix('_acc') for part in SCORED_PARTS)} (validation: training images "
+             "held out of every run; no test image is read). Accuracies in percent.", "",
+             "| method | configuration | forget_train | retain_train | validation | score | |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for method, record in tuning.items():
+        reference = record["reference"]
+        lines.append(f"| {method} | *{REFERENCE}* | " + " | ".join(f"{100 * reference[p]:.2f}" for p in SCORED_PARTS)
+                     + " | | |")
+        for i, tried in enumerate(record["configurations"]):
+            values = " | ".join("–" if tried[p] is None else f"{100 * tried[p]:.2f}" for p in SCORED_PARTS)
+            chosen = "chosen" if i == record["chosen"] else ""
+            setting = ", ".join(f"{k}={v}" for k, v in tried["hparams"].items())
+            lines.append(f"| {method} | {setting} | {values} | {100 * tried['score']:.2f} | {chosen} |")
+    return "\n".join(lines)
 
 
 def _announce(message: str) -> None:
@@ -257,6 +372,45 @@ def fashion_mnist_protocol(forget: str) -> ExperimentProtocol:
                           test_size=2000, recipe=SupervisedHparams(epochs=12, batch_size=128)),
         forget=spec,
         methods=methods_for(spec),
+    )
+
+
+FASHION_MNIST_TUNING: dict[str, Tuning] = {
+    "contrastive": Tuning(("0.001", "0.0001"), "lambda_ul", ("3", "1")),
+    "finetune": Tuning(("0.01", "0.04"), "epochs", ("10", "5")),
+    "gradient_ascent": Tuning(("0.0001", "0.001"), "epochs", ("5", "2")),
+    "neggrad_plus": Tuning(("0.01", "0.003"), "beta", ("0.95", "0.99")),
+    "random_label": Tuning(("0.013", "0.004"), "epochs", ("10", "5")),
+    "l1_sparse": Tuning(("0.01", "0.04"), "gamma", ("0.0001", "0.0005")),
+    "salun": Tuning(("0.013", "0.004"), "mask_ratio", ("0.5", "0.8")),
+    "boundary_shrink": Tuning(("0.00001", "0.0001"), "bound", ("0.1", "0.3")),
+    "boundary_expand": Tuning(("0.00001", "0.0001"), "epochs", ("10", "5")),
+    "scrub": Tuning(("0.0005", "0.002"), "alpha", ("0.001", "0.01")),
+    "unsir": Tuning(("0.02", "0.005"), "epochs", ("2", "4")),
+    "bad_teacher": Tuning(("0.0001", "0.001"), "temperature", ("1", "4")),
+}
+"""The same budget for every method of the tuned Fashion-MNIST protocols: 4 configurations, its reference
+learning rate and one other × its reference value of one knob of its own and one other (the first of each is
+the reference default, so one configuration is the default run itself)."""
+
+
+def tuned_fashion_mnist_protocol(forget: str) -> ExperimentProtocol:
+    """The stronger CPU-scale setup: `fashion_mnist_protocol` with a ResNet-18 twice as wide (width 1/4: 16
+    channels in the first stage) and 1,000 more training images held out as the validation set, every method
+    at its reference defaults and tuned with `FASHION_MNIST_TUNING` on seed 0."""
+    spec = parse_forget(forget)
+    methods = methods_for(spec)
+    return ExperimentProtocol(
+        name=f"fashion_mnist_{forget.replace(':', '')}_tuned",
+        description=f"Fashion-MNIST, forget {forget}: a ResNet-18 of width 1/4 on a 4,000-image stratified "
+                    "subset, every method at its reference defaults and tuned with an equal budget (4 "
+                    "configurations chosen on seed 0 by their gap to the retrained model on forget-train, "
+                    "retain-train and 1,000 held-out validation images).",
+        train=TrainConfig(dataset="fashion_mnist", model="resnet18", width=0.25, train_size=4000,
+                          test_size=2000, validation_size=1000, recipe=SupervisedHparams(epochs=12, batch_size=128)),
+        forget=spec,
+        methods=methods,
+        tuning={method: FASHION_MNIST_TUNING[method] for method in methods},
     )
 
 

@@ -1,5 +1,6 @@
 """The experiment runner end to end on the smallest protocol (digits, 1 seed, 2 methods), and resuming."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -81,3 +82,25 @@ def test_bad_protocols_are_refused(tmp_path, capsys):
     assert "defines no PROTOCOL" in capsys.readouterr().err
     assert main(["experiment", str(SMOKE), "--seeds", "7", "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_the_cu_sensitivity_script_varies_one_setting_at_a_time(experiment):
+    script = Path(__file__).parents[1] / "experiments" / "cu_sensitivity.py"
+    spec = importlib.util.spec_from_file_location("cu_sensitivity", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = experiment / "sensitivity"
+    assert module.main(["--protocol", str(SMOKE), "--runs-dir", str(experiment / "runs"), "--out", str(out)]) == 0
+    variants = json.loads((out / "results.json").read_text())["variants"]
+    assert list(variants) == list(module.VARIANTS)
+    assert all(len(row["hparams"]) <= 1 for row in variants.values())
+    defaults = json.loads((experiment / "out" / "results.json").read_text())["runs"]["0"]["contrastive"]
+    first = variants["defaults (λ_UL 3, τ 0.7, ω 4, lr 1e-3)"]
+    assert first["steps"] == defaults["steps"] and first["test_acc"] == defaults["test_acc"]  # the experiment's run
+    assert len({row["steps"] for row in variants.values()}) > 1  # the settings change the run
+    config = json.loads((experiment / "runs" / "digits_smoke" / "seed0" / "cu-sensitivity" / "lambda_ul=0.5"
+                         / "config.json").read_text())
+    assert config["hparams"]["lambda_ul"] == 0.5 and config["hparams"]["epochs"] == 3  # over the protocol's overrides
+    report = (out / "report.md").read_text()
+    assert report.count("\n| ") == 2 + len(variants)  # header, retrain, one row per variant

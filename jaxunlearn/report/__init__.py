@@ -128,9 +128,10 @@ _SEED_CAPTIONS = {
 
 
 def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str | Path, *, title: str,
-                      notes: str = "", reference: str = "retrain") -> list[Path]:
-    """Write out_dir/report.md (the `seed_table` and `notes`) and accuracy.png / mia.png of the means with
-    ±std whiskers over seeds; return the written paths (figures first, report.md last)."""
+                      notes: str = "", reference: str = "retrain", appendix: str = "") -> list[Path]:
+    """Write out_dir/report.md (`notes`, the `seed_table`, the figures, then `appendix`) and accuracy.png /
+    mia.png of the means with ±std whiskers over seeds; return the written paths (figures first, report.md
+    last)."""
     summaries = mean_std_summaries(per_seed)
     ref = _require(_by_name(summaries), reference, "reference")
     out = Path(out_dir)
@@ -149,6 +150,8 @@ def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str 
              seed_table(per_seed, reference), "## Figures", ""]
     for path in written:
         lines += [f"![{path.stem}]({path.name})", "", _SEED_CAPTIONS[path.name], ""]
+    if appendix:
+        lines += [appendix.strip(), ""]
     report = out / "report.md"
     text = "\n".join(lines).rstrip("\n") + "\n"
     atomic_write(report, lambda f: f.write(text), "w")
