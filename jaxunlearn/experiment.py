@@ -174,8 +174,9 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
             twin = identical_run(config, train_config, root, done)
             if twin is not None:  # the same run: a tuned configuration that is the default, or the chosen one
                 _announce(f"{protocol.name} seed {seed}: {name} is {twin}'s configuration: its run is reused")
-                shutil.rmtree(root / name, ignore_errors=True)
-                shutil.copytree(root / twin, root / name)
+                if is_main_process():  # on a shared file system; the other processes have nothing to do
+                    shutil.rmtree(root / name, ignore_errors=True)
+                    shutil.copytree(root / twin, root / name)
                 done[name] = done[twin]
                 _save(results, results_path)
                 return
