@@ -66,6 +66,22 @@ def test_contrastive_default_draws_retain_samples_at_random_from_the_retain_set(
     assert not np.array_equal(plan[0]["retain"], other_epoch[0]["retain"])
 
 
+@pytest.mark.parametrize("mode", ["class", "sample"])
+def test_contrastive_stops_on_validation_images_when_there_are_any(mode):
+    split = cifar_like_class_split() if mode == "class" else Split(
+        forget=np.arange(500), retain=np.arange(500, 5000), spec=ForgetSpec("random", count=500),
+        pairing="default", seed=0)
+    context, stop = context_of(split), get_method("contrastive").should_stop
+    forgotten = "forget_test_acc" if mode == "class" else "test_acc"  # what the official rule reads
+    low, high = (0.05, 0.5) if mode == "class" else (0.9, 0.5)  # (stop, go on) against forget_train_acc 0.6
+    evaluation = {"forget_train_acc": 0.6, forgotten: low}
+    assert stop(evaluation, context)
+    assert not stop({**evaluation, forgotten: high}, context)
+    held_out = forgotten.replace("test", "validation")
+    assert not stop({**evaluation, held_out: high}, context)  # the validation set decides, not the test set
+    assert stop({**evaluation, forgotten: high, held_out: low, held_out.replace("forget_", ""): 0.8}, context)
+
+
 def test_retrain_plan_covers_only_retain_samples_in_full_shuffled_batches():
     split = cifar_like_class_split(num_forget=100, num_retain=1000)
     method = get_method("retrain")
