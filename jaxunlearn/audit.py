@@ -40,7 +40,7 @@ from jaxunlearn.engine.ensemble import make_ensemble, take
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import atomic_write, check_writable, write_json
-from jaxunlearn.evaluation.accuracy import split_parts
+from jaxunlearn.evaluation.accuracy import host_labels, part_outputs, split_parts
 from jaxunlearn.evaluation.challenge import (
     challenge_epsilons, epsilon_points, final_score, logit_scaled_confidence,
 )
@@ -179,14 +179,14 @@ def _evaluate_arm(run: Path, split: Split, models: int) -> dict[str, np.ndarray]
     loaded = Run(run)
     _, params, batch_stats = loaded.model()
     dataset, data, predict = loaded.dataset, loaded.data, loaded.predict
-    parts = split_parts(split, dataset.test_labels)
-    labels = {"train": dataset.train_labels, "test": dataset.test_labels}
-    images = {"train": data.train_images, "test": data.test_images}
+    parts = {name: part for name, part in split_parts(split, dataset.test_labels).items()
+             if name in ("forget_train", "retain_train", "test")}
+    labels = host_labels(dataset)
     confidences, retain_acc, test_acc = [], [], []
     for k in range(models):
         model_params, model_stats = take((params, batch_stats), k)
-        logits = {name: predict(model_params, model_stats, images[where], indices)[0]
-                  for name, (where, indices) in parts.items() if name in ("forget_train", "retain_train", "test")}
+        logits = {name: logits for name, (logits, _) in
+                  part_outputs(predict, model_params, model_stats, data, parts).items()}
         confidences.append(logit_scaled_confidence(logits["forget_train"], labels["train"][split.forget]))
         for name, store in (("retain_train", retain_acc), ("test", test_acc)):
             where, indices = parts[name]
