@@ -84,12 +84,34 @@ def test_bad_protocols_are_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.slow
-def test_the_cu_sensitivity_script_varies_one_setting_at_a_time(experiment):
+def load_cu_sensitivity():
     script = Path(__file__).parents[1] / "experiments" / "cu_sensitivity.py"
     spec = importlib.util.spec_from_file_location("cu_sensitivity", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cu_sensitivity_variants_cover_the_grid_one_setting_at_a_time():
+    variants = load_cu_sensitivity().VARIANTS
+    assert next(iter(variants.values())) == {}  # the reference defaults come first
+    assert all(len(overrides) == 1 for overrides in list(variants.values())[1:])
+    values: dict[str, set[str]] = {}
+    for overrides in variants.values():
+        for key, value in overrides.items():
+            values.setdefault(key, set()).add(value)
+    # With each default (λ_UL 3, τ 0.7, ω 4, lr 1e-3): λ_UL ∈ {0.5, 1, 3}, τ ∈ {0.3, 0.7, 1.0}, ω ∈ {1, 4},
+    # lr ∈ {1e-4, 1e-3}.
+    assert values == {"lambda_ul": {"0.5", "1"}, "temperature": {"0.3", "1.0"}, "retain_per_forget": {"1"},
+                      "learning_rate": {"0.0001"}}
+
+
+@pytest.mark.slow
+def test_the_cu_sensitivity_script_varies_one_setting_at_a_time(experiment, monkeypatch):
+    module = load_cu_sensitivity()
+    # Three of the variants keep the test short; the grid itself is checked above.
+    monkeypatch.setattr(module, "VARIANTS", {name: module.VARIANTS[name] for name in (
+        "defaults (λ_UL 3, τ 0.7, ω 4, lr 1e-3)", "λ_UL 0.5", "ω 1")})
     out = experiment / "sensitivity"
     assert module.main(["--protocol", str(SMOKE), "--runs-dir", str(experiment / "runs"), "--out", str(out)]) == 0
     variants = json.loads((out / "results.json").read_text())["variants"]
