@@ -4,8 +4,11 @@ A protocol is a Python file under experiments/protocols/ that defines `PROTOCOL 
 For each seed the runner trains (or reuses) one original model, makes the split once (saved with the
 original, so every method forgets the same samples), runs the retrained reference and then every method
 on it, and evaluates each run against the reference. Results are appended to `OUT/results.json` after every
-run, so an interrupted experiment resumes where it stopped (an interrupted run resumes from its own last
-checkpoint). At the end `OUT/report.md` holds the mean ± std table with the gap to the retrained model, and
+run, and the run's configuration to `OUT/runs/seed<S>/<run>.json`, so an interrupted experiment resumes where
+it stopped (an interrupted run resumes from its own last checkpoint). OUT is the record; RUNS only holds the
+models: when a seed's original or reference is gone from it, it is trained again and must measure what
+results.json recorded (training is deterministic on one machine and version), and the remaining runs go on
+from there. At the end `OUT/report.md` holds the mean ± std table with the gap to the retrained model, and
 the plots.
 
 A protocol may tune methods (`tuning`, `jaxunlearn.tuning`): each tuned method first tries every
@@ -15,7 +18,7 @@ on every seed as `<method>-tuned`, beside the method at its defaults. results.js
 tried, its score and the choice under "tuning"; report.md shows them.
 
 Layout: RUNS/<protocol>/seed<S>/{original, retrain, <method>..., <method>-tune<i>..., <method>-tuned...};
-OUT/{results.json, report.md, *.png}.
+OUT/{results.json, report.md, *.png, runs/seed<S>/{<run>.json, <split>.npz}}.
 """
 
 import dataclasses
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, as_forget_spec, override, to_json
-from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, make_split, parse_forget
+from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, Split, make_split, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
 from jaxunlearn.files import check_writable, write_json
@@ -37,7 +40,9 @@ from jaxunlearn.evaluation.relearn import RelearnSettings
 from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
 from jaxunlearn.run import Run, training_data
-from jaxunlearn.runs import evaluate_run, obtain_split, resolve_hparams, train, unlearn, with_defaults
+from jaxunlearn.evaluation.model import evaluate_model_outputs
+from jaxunlearn.runs import (evaluate_run, obtain_split, resolve_hparams, train, unlearn, unlearn_run_config,
+                             with_defaults)
 from jaxunlearn.tuning import SCORED_PARTS, Tuning, tuning_record
 
 REFERENCE = "retrain"
@@ -159,25 +164,31 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
     relearn = RelearnSettings(max_steps=protocol.relearn_steps)
     for seed in sorted(seeds, key=lambda s: s != tuning_seed):  # the tuning seed first: it makes the choices
         root = Path(runs_dir) / protocol.name / f"seed{seed}"
+        record = out / "runs" / f"seed{seed}"
         done = results["runs"].setdefault(str(seed), {})
         original = root / "original"
         train_config = dataclasses.replace(protocol.train, seed=seed, data_dir=data_dir or protocol.train.data_dir)
+        reference_config = UnlearnConfig(method=REFERENCE, forget=protocol.forget, hparams=protocol.reference_hparams,
+                                         pairing=protocol.pairing, seed=seed, data_dir=data_dir)
         loaded: dict[str, Run] = {}  # the seed's original and reference, each loaded once they are done
         load = lambda name: loaded.setdefault(name, Run(root / name))
 
-        def run_method(name: str, method: str, overrides: dict[str, str]) -> None:
-            """Unlearn with `method` into run `name` and evaluate it, unless results.json has it already."""
+        def run_method(name: str, config: UnlearnConfig) -> None:
+            """Unlearn with `config` into run `name` and evaluate it, unless results.json has it already."""
             if name in done:
+                if not (record / f"{name}.json").is_file():  # recorded before records were kept as runs end
+                    _write_record(record / f"{name}.json", unlearn_run_config(
+                        config, original, [obtain_split(original, training_data(train_config), protocol.forget,
+                                                        protocol.pairing, seed)]), runs_dir)
                 return
-            config = UnlearnConfig(method=method, forget=protocol.forget, hparams=overrides,
-                                   pairing=protocol.pairing, seed=seed, data_dir=data_dir)
-            twin = identical_run(config, train_config, root, done)
+            twin = identical_run(config, train_config, record, done)
             if twin is not None:  # the same run: a tuned configuration that is the default, or the chosen one
                 _announce(f"{protocol.name} seed {seed}: {name} is {twin}'s configuration: its run is reused")
-                if is_main_process():  # on a shared file system; the other processes have nothing to do
+                if is_main_process() and (root / twin).is_dir():  # on a shared file system; the others wait
                     shutil.rmtree(root / name, ignore_errors=True)
                     shutil.copytree(root / twin, root / name)
                 done[name] = done[twin]
+                _write_record(record / f"{name}.json", json.loads((record / f"{twin}.json").read_text()), None)
                 _save(results, results_path)
                 return
             _announce(f"{protocol.name} seed {seed}: {name}")
@@ -186,52 +197,100 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
             metrics = evaluate_run(root / name, reference=load(REFERENCE), original=load("original"),
                                    relearn=relearn)
             done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
+            _write_record(record / f"{name}.json", Run(root / name).config, runs_dir)
             _save(results, results_path)
 
-        if "original" not in done:
-            _announce(f"{protocol.name} seed {seed}: original")
+        def method_config(method: str, overrides: dict[str, str]) -> UnlearnConfig:
+            return UnlearnConfig(method=method, forget=protocol.forget, hparams=overrides, pairing=protocol.pairing,
+                                 seed=seed, data_dir=data_dir)
+
+        lost = [name for name in ("original", REFERENCE) if name in done and not (root / name / "metrics.json").is_file()]
+        if "original" not in done or "original" in lost:
+            _announce(f"{protocol.name} seed {seed}: original" + (" (its run directory is gone: trained again)"
+                                                                  if "original" in lost else ""))
             started = time.perf_counter()
             train(train_config, original, execution=execution)
-            done["original"] = {"wall_seconds": time.perf_counter() - started}  # evaluated with the reference
-            _save(results, results_path)
-        run_method(REFERENCE, REFERENCE, protocol.reference_hparams)
+            if "original" not in done:
+                done["original"] = {"wall_seconds": time.perf_counter() - started}  # evaluated with the reference
+                _save(results, results_path)
+            _write_record(record / "original.json", Run(original).config, runs_dir)
+        if REFERENCE in lost:
+            _announce(f"{protocol.name} seed {seed}: {REFERENCE} (its run directory is gone: trained again)")
+            unlearn(reference_config, original, root / REFERENCE, execution=execution)
+        run_method(REFERENCE, reference_config)
+        split = obtain_split(original, training_data(train_config), protocol.forget, protocol.pairing, seed)
+        if lost:
+            check_rebuilt({name: load(name) for name in lost}, split, done)
         if "test_acc" not in done["original"]:
-            split = obtain_split(original, training_data(train_config), protocol.forget, protocol.pairing, seed)
             done["original"] = {**evaluate_run(load("original"), split, reference=load(REFERENCE), relearn=relearn),
                                 "wall_seconds": done["original"]["wall_seconds"]}
             _save(results, results_path)
+        if is_main_process():
+            record.mkdir(parents=True, exist_ok=True)
+            for split_file in sorted((original / "splits").glob("*.npz")):
+                shutil.copyfile(split_file, record / split_file.name)
         for method in methods:
-            run_method(method, method, protocol.hparams.get(method, {}))
+            run_method(method, method_config(method, protocol.hparams.get(method, {})))
         for method in tuned:
             defaults = protocol.hparams.get(method, {})
             if method not in results["tuning"]:  # on the tuning seed (checked above)
                 configurations = protocol.tuning[method].configurations()
                 for i, configuration in enumerate(configurations):
-                    run_method(f"{method}-tune{i}", method, {**defaults, **configuration})
+                    run_method(f"{method}-tune{i}", method_config(method, {**defaults, **configuration}))
                 results["tuning"][method] = tuning_record(
                     configurations, [done[f"{method}-tune{i}"] for i in range(len(configurations))],
                     done[REFERENCE], seed)
                 _save(results, results_path)
-            run_method(f"{method}{TUNED}", method, {**defaults, **results["tuning"][method]["hparams"]})
+            run_method(f"{method}{TUNED}", method_config(method, {**defaults, **results["tuning"][method]["hparams"]}))
     if is_main_process():
-        record_runs(results, Path(runs_dir) / protocol.name, out)
         write_experiment_report(results, out)
     return results
 
 
-def identical_run(config: UnlearnConfig, original: TrainConfig, root: Path, done: dict[str, Any]) -> str | None:
-    """A finished run in `done` (the run names of one seed under `root`) of the same method, split and
-    resolved hyperparameters as `config`: the same run, which then need not run again. None if there is none."""
+def check_rebuilt(rebuilt: dict[str, Run], split: Split, done: dict[str, Any]) -> None:
+    """UserError unless each run trained again (its directory was gone) has the accuracies and confidences on
+    `split` that results.json recorded for it: every other result was measured against that model."""
+    for name, run in rebuilt.items():
+        graphdef, params, batch_stats = run.model()
+        measured, _ = evaluate_model_outputs(graphdef, params, batch_stats, run.dataset, split, data=run.data,
+                                             predict=run.predict)
+        differs = sorted(key for key, value in measured.items()
+                         if key.endswith(("_acc", "_conf")) and key in done[name] and value != done[name][key])
+        if differs:
+            key = differs[0]
+            raise UserError(f"{run.path} was trained again but differs from the run the results were measured on "
+                            f"({key} {measured[key]} vs {done[name][key]}): results.json belongs to another "
+                            "machine or version; choose another `out` to start over")
+
+
+def identical_run(config: UnlearnConfig, original: TrainConfig, record: Path, done: dict[str, Any]) -> str | None:
+    """A finished run in `done` (the run names of one seed, whose configurations are under `record`) of the
+    same method, split and resolved hyperparameters as `config`: the same run, which then need not run again.
+    None if there is none."""
     resolved = json.loads(json.dumps(dataclasses.asdict(resolve_hparams(config, original))))
     wanted = _without_spelling(to_json(config))
     for name in done:
-        path = root / name / "config.json"
+        path = record / f"{name}.json"
         if name == "original" or not path.is_file():
             continue
         recorded = json.loads(path.read_text())
         if recorded.get("hparams") == resolved and _without_spelling(recorded.get("config", {})) == wanted:
             return name
     return None
+
+
+def _write_record(path: Path, config: dict[str, Any], runs_dir: str | Path | None) -> None:
+    """Keep a finished run's configuration beside the results (its source relative to `runs_dir`), so that the
+    results say how to reproduce every run even once the runs directory is gone."""
+    if not is_main_process():
+        return
+    config = json.loads(json.dumps(config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if runs_dir is not None and "source" in config:
+        base = Path(runs_dir).resolve()
+        if Path(config["source"]).is_relative_to(base):
+            config["source"] = Path(config["source"]).relative_to(base).as_posix()
+    write_json(path, config)
 
 
 def _without_spelling(config: dict[str, Any]) -> dict[str, Any]:
@@ -249,23 +308,6 @@ def _preflight(protocol: ExperimentProtocol, seeds: tuple[int, ...], runs_dir: s
     dataset = training_data(dataclasses.replace(protocol.train, data_dir=data_dir or protocol.train.data_dir))
     for seed in seeds:
         make_split(protocol.forget, dataset.train_labels, dataset.num_classes, pairing=protocol.pairing, seed=seed)
-
-
-def record_runs(results: dict[str, Any], root: Path, out_dir: Path) -> None:
-    """Copy what reproduces each finished run next to the results: `runs/seed<S>/<run>.json`, the run's
-    resolved configuration and hyperparameters (its source as a path relative to the runs directory), and
-    `runs/seed<S>/<split file>.npz`, the saved forget/retain split with its hash."""
-    base = root.parent.resolve()
-    for seed, runs in results["runs"].items():
-        run_dir, record = root / f"seed{seed}", out_dir / "runs" / f"seed{seed}"
-        record.mkdir(parents=True, exist_ok=True)
-        for name in runs:
-            config = json.loads((run_dir / name / "config.json").read_text())
-            if "source" in config and Path(config["source"]).is_relative_to(base):
-                config["source"] = Path(config["source"]).relative_to(base).as_posix()
-            write_json(record / f"{name}.json", config)
-        for split in sorted((run_dir / "original" / "splits").glob("*.npz")):
-            shutil.copyfile(split, record / split.name)
 
 
 def _save(results: dict[str, Any], path: Path) -> None:

@@ -377,6 +377,18 @@ def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
     return override(method.default_hparams(config.forget.mode, original), config.hparams)  # validated
 
 
+def unlearn_run_config(config: UnlearnConfig, source: str | Path, splits: Sequence[Split],
+                       seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """What an unlearning run of `config` from training run `source` records as its config.json (and what
+    makes a finished run the same run): `splits` one per model, or one shared by all."""
+    original = source_config(source)
+    per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
+    return {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
+            "train_config": to_json(original), "hparams": dataclasses.asdict(resolve_hparams(config, original)),
+            **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
+            **_models_config(seeds, splits=splits if per_model_splits else None)}
+
+
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             execution: Execution = Execution(), save_every_seconds: float = 60.0,
             seeds: Sequence[int] | None = None, splits: Sequence[Split] | None = None) -> dict[str, Any]:
@@ -419,10 +431,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     if ensemble is not None:
         stack_plans(first)
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
-    run_config = {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
-                  "train_config": to_json(original), "hparams": dataclasses.asdict(hparams),
-                  **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
-                  **_models_config(seeds, splits=splits if per_model_splits else None)}
+    run_config = unlearn_run_config(config, source, splits, seeds)
     if (finished := finished_run(workdir, run_config)) is not None:
         return finished
     starts = _starting_models(method, original, dataset, source, members, source_seeds)

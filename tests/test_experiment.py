@@ -63,6 +63,27 @@ def test_a_rerun_resumes_and_runs_only_what_is_missing(experiment):
     assert sorted(p.name for p in (runs / "contrastive" / "checkpoints").iterdir()) == contrastive_checkpoints
 
 
+@pytest.mark.slow
+def test_results_outlive_the_runs_directory(experiment, tmp_path, capsys):
+    """OUT is the record: with the runs gone, the original and the reference are trained again, found equal
+    to what results.json measured, and nothing else runs; a reference that measures otherwise is refused."""
+    out = tmp_path / "out"
+    shutil.copytree(experiment / "out", out)
+    results = json.loads((out / "results.json").read_text())
+    assert main(["experiment", str(SMOKE), "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text()) == results  # every result kept, none measured again
+    runs = tmp_path / "runs" / "digits_smoke" / "seed0"
+    assert sorted(p.name for p in runs.iterdir()) == ["original", "retrain"]
+    assert "original (its run directory is gone: trained again)" in capsys.readouterr().err
+
+    shutil.rmtree(runs / "retrain")
+    results["runs"]["0"]["retrain"]["retain_train_acc"] -= 0.01
+    (out / "results.json").write_text(json.dumps(results))
+    assert main(["experiment", str(SMOKE), "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 2
+    assert "retrain was trained again but differs from the run the results were measured on (retain_train_acc" \
+        in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("path", sorted(SMOKE.parent.glob("*.py")), ids=lambda p: p.stem)
 def test_every_committed_protocol_loads(path):
     protocol = load_protocol(path)
