@@ -213,7 +213,7 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
             if "original" not in done:
                 done["original"] = {"wall_seconds": time.perf_counter() - started}  # evaluated with the reference
                 _save(results, results_path)
-            _write_record(record / "original.json", Run(original).config, runs_dir)
+        _write_record(record / "original.json", Run(original).config, runs_dir)
         if REFERENCE in lost:
             _announce(f"{protocol.name} seed {seed}: {REFERENCE} (its run directory is gone: trained again)")
             unlearn(reference_config, original, root / REFERENCE, execution=execution)
