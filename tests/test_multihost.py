@@ -7,7 +7,11 @@ reduction, a shard fed twice) shows from the first step. Later float32 steps dri
 kinks (measured here: equal to 1e-6 for 15 steps, 1e-4 at step 17, 1e-2 by step 40; see
 tests/test_parallel.py for the mechanism), so they are only required to exist and be finite. The CU run has
 a partial forget batch in every epoch (146 = 64 + 64 + 18; 18 is padded to 24 with masked slots) and stays
-within the whole-run policy of tests/test_cli.py, 1e-3 relative, at every step.
+within the whole-run policy of tests/test_cli.py, 1e-3 relative, at every step. Its exact window is its first
+forget batch (`CU_EXACT_STEPS`, its ω = 4 steps): the contrastive steps drift sooner, by how much depends on
+the processor XLA compiles for (within 1e-5 for 10 steps on the machine of earlier sessions; on an
+AVX-512/AMX Xeon, alike in two runs, equal to 1e-7 for those 4 steps, 1e-6 to 3e-6 relative at steps 5-8,
+4e-5 at step 9).
 """
 
 import json
@@ -24,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 TRAIN = ["train", "--dataset", "digits", "--width", "0.125", "--epochs", "1", "--batch-size", "64"]
 EXACT_STEPS = 10
+CU_EXACT_STEPS = 4
 UNLEARN = ["unlearn", "--method", "contrastive", "--forget", "class:5", "--epochs", "2"]
 
 
@@ -58,9 +63,9 @@ def step_losses(run: Path) -> np.ndarray:
     return np.array([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
 
 
-def assert_same_losses(two: np.ndarray, one: np.ndarray) -> None:
-    assert len(two) == len(one) > EXACT_STEPS and np.all(np.isfinite(two))
-    np.testing.assert_allclose(two[:EXACT_STEPS], one[:EXACT_STEPS], rtol=1e-5)
+def assert_same_losses(two: np.ndarray, one: np.ndarray, exact_steps: int = EXACT_STEPS) -> None:
+    assert len(two) == len(one) > exact_steps and np.all(np.isfinite(two))
+    np.testing.assert_allclose(two[:exact_steps], one[:exact_steps], rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,7 @@ def test_training_in_two_processes_matches_one_process_of_eight_devices(runs):
 def test_contrastive_unlearning_in_two_processes_matches_one_process(runs):
     two, one = step_losses(runs / "cu-2x4"), step_losses(runs / "cu-1x8")
     assert len(two) == 2 * 3 * 4  # 2 epochs of 3 forget batches, each ω = 4 times
-    assert_same_losses(two, one)
+    assert_same_losses(two, one, CU_EXACT_STEPS)
     np.testing.assert_allclose(two, one, rtol=1e-3)
     lines = (runs / "cu-2x4" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(json.loads(line)["step"] for line in lines))  # written by one process only
