@@ -14,6 +14,7 @@ RUNS=${RUNS:-runs/audits}
 RESULTS=experiments/results
 N=${N:-64}                      # models per arm on digits (and shadows for U-LiRA)
 N_FASHION_MNIST=${N_FASHION_MNIST:-32}  # on Fashion-MNIST: N = 32 takes about 80 min on 2 cores, N = 64 twice that
+N_TUNED=${N_TUNED:-8}           # tuned CU on the width-1/4 original: N = 8 about 65 min on 2 cores
 
 collect() {  # collect <workdir> <results dir>: the small files that hold the scores
   mkdir -p "$2"
@@ -68,7 +69,7 @@ audit_fashion_mnist() {
 audit_fashion_mnist_tuned() {
   # The tuned protocols' stronger original (width 1/4, 1,000 training images held out for validation): the
   # seed-0 original of experiments/protocols/fashion_mnist_class5_tuned.py where that experiment has run,
-  # else the same training here. CU at the setting its tuning chose (λ_UL 1), N = 8 models per arm.
+  # else the same training here. CU at the setting its tuning chose (λ_UL 1), N_TUNED models per arm.
   local original=runs/fashion_mnist_class5_tuned/seed0/original work=$RUNS/fashion_mnist_tuned/audit-class5
   if [ ! -f "$original/metrics.json" ]; then
     original=$RUNS/fashion_mnist_tuned/original
@@ -76,7 +77,7 @@ audit_fashion_mnist_tuned() {
       --test-size 2000 --validation-size 1000 --epochs 12 --batch-size 128 --workdir "$original"
   fi
   $JAXUNLEARN audit --from "$original" --forget class:5 --method contrastive --lr 0.001 --hp lambda_ul=1 \
-    --models "${N_TUNED:-8}" --workdir "$work"
+    --models "$N_TUNED" --workdir "$work"
   collect "$work" $RESULTS/audit_fashion_mnist_class5_tuned
 }
 
