@@ -14,7 +14,7 @@ RUNS=${RUNS:-runs/audits}
 RESULTS=experiments/results
 N=${N:-64}                      # models per arm on digits (and shadows for U-LiRA)
 N_FASHION_MNIST=${N_FASHION_MNIST:-32}  # on Fashion-MNIST: N = 32 takes about 80 min on 2 cores, N = 64 twice that
-N_TUNED=${N_TUNED:-8}           # tuned CU on the width-1/4 original: N = 8 about 65 min on 2 cores
+N_TUNED=${N_TUNED:-8}           # tuned CU on the width-1/4 original: N = 8 about an hour on 2 cores
 
 collect() {  # collect <workdir> <results dir>: the small files that hold the scores
   mkdir -p "$2"
