@@ -12,13 +12,12 @@ N = 3
 
 
 @pytest.fixture(scope="module")
-def small_original(tmp_path_factory):
+def small_original(shared):
     """A 3-epoch narrow ResNet-18 on digits: quick to retrain N times."""
     from jaxunlearn.runs import train
 
-    run = tmp_path_factory.mktemp("audit-source") / "original"
-    train(TrainConfig(dataset="digits", width=0.125, recipe=SupervisedHparams(epochs=3, batch_size=64)), run)
-    return run
+    config = TrainConfig(dataset="digits", width=0.125, recipe=SupervisedHparams(epochs=3, batch_size=64))
+    return shared("audit-source", lambda run: train(config, run) and run)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +33,7 @@ def audited(small_original, tmp_path_factory):
     return workdir, first
 
 
+@pytest.mark.slow
 def test_audit_scores_the_method_against_the_retrain_floor(audited):
     workdir, _ = audited
     summary = json.loads((workdir / "audit.json").read_text())
@@ -59,6 +59,7 @@ def test_audit_scores_the_method_against_the_retrain_floor(audited):
     assert (workdir / "epsilons.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_each_arm_holds_n_models_with_their_own_seeds(audited):
     workdir, _ = audited
     for arm, seeds in (("contrastive", [0, 1, 2]), ("retrain", [0, 1, 2]), ("retrain-floor", [3, 4, 5]),
@@ -87,6 +88,7 @@ def test_bad_input_is_refused_before_anything_is_written(small_original, tmp_pat
     assert after == splits_before
 
 
+@pytest.mark.slow
 def test_a_source_that_is_no_training_run_is_refused(audited, tmp_path, capsys):
     workdir, _ = audited
     code = main(["audit", "--from", str(workdir / "contrastive"), "--forget", "class:5", "--method", "contrastive",

@@ -456,7 +456,6 @@ def test_salun_leaves_the_non_salient_weights_bit_identical_with_zero_momentum(o
     assert any(not np.array_equal(a, b) for a, b in zip(bits(state.batch_stats), bits(start_stats)))
 
 
-@pytest.mark.slow
 def test_salun_refuses_a_mask_ratio_outside_0_1_before_writing(original, tmp_path):
     source, _ = original
     workdir = tmp_path / "bad"

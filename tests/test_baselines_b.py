@@ -473,7 +473,6 @@ def test_unsir_impairs_then_repairs(unsir_run, original):
     assert all(line["noise_fraction"] == 0 for line in repair)
 
 
-@pytest.mark.slow
 def test_unsir_refuses_sample_forgetting(digits_run, tmp_path, capsys):
     source, _ = digits_run
     workdir = tmp_path / "unsir_random"

@@ -103,6 +103,7 @@ def test_bench_reports_both_steps_with_flops_matching_a_hand_count(tmp_path):
     assert "XLA's trace, ms per step by kind of work" in done.stdout
 
 
+@pytest.mark.slow
 def test_bench_times_models_side_by_side_both_ways(capsys):
     """--models K: the same step for K models, one after another and vmapped, per model-step."""
     config = BenchConfig(model="resnet18", width=0.125, batch=4, image_size=8, channels=1, devices=2, steps=2,

@@ -16,13 +16,13 @@ from jaxunlearn.cli import in_flags, main
 from jaxunlearn.data.splits import load_split
 from jaxunlearn.runs import evaluate_run
 
-pytestmark = pytest.mark.slow
 
 
 def run_cli(*args) -> int:
     return main([str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_contrastive_forgets_the_class_and_keeps_the_rest(digits_run, contrastive_run):
     source, _ = digits_run
     original = evaluate_run(source, load_split(contrastive_run / "split.npz"))
@@ -33,6 +33,7 @@ def test_contrastive_forgets_the_class_and_keeps_the_rest(digits_run, contrastiv
     assert unlearned["retain_train_acc"] >= 0.95
 
 
+@pytest.mark.slow
 def test_contrastive_logs_every_step(contrastive_run):
     metrics = json.loads((contrastive_run / "metrics.json").read_text())
     lines = [json.loads(line) for line in (contrastive_run / "metrics.jsonl").read_text().splitlines()]
@@ -45,6 +46,7 @@ def test_contrastive_logs_every_step(contrastive_run):
         assert np.isfinite(line["grad_norm"])
 
 
+@pytest.mark.slow
 def test_retrain_never_predicts_the_forgotten_class(retrain_run):
     metrics = json.loads((retrain_run / "metrics.json").read_text())
     # No retain sample has label 5, so cross-entropy only ever pushes the class-5 logit down.
@@ -54,6 +56,7 @@ def test_retrain_never_predicts_the_forgotten_class(retrain_run):
     assert metrics["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_every_method_of_an_experiment_forgets_the_same_samples(contrastive_run, retrain_run):
     a, b = load_split(contrastive_run / "split.npz"), load_split(retrain_run / "split.npz")
     assert a.content_hash() == b.content_hash()
@@ -62,6 +65,7 @@ def test_every_method_of_an_experiment_forgets_the_same_samples(contrastive_run,
         assert json.loads((run / "config.json").read_text())["split_hash"] == a.content_hash()
 
 
+@pytest.mark.slow
 def test_evaluate_prints_and_writes_the_metrics(contrastive_run, capsys):
     (contrastive_run / "metrics.json").unlink()
     assert run_cli("evaluate", "--from", contrastive_run) == 0
@@ -72,6 +76,7 @@ def test_evaluate_prints_and_writes_the_metrics(contrastive_run, capsys):
     assert 0.0 <= written["forget_test_acc"] <= 0.1
 
 
+@pytest.mark.slow
 def test_sample_forgetting_runs_without_nan(digits_run, tmp_path):
     source, _ = digits_run
     workdir = tmp_path / "sample"
@@ -164,6 +169,7 @@ def test_unwritable_or_occupied_workdir(tmp_path, digits_run, capsys):
     assert "is not a directory" in error_line(capsys)
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_its_last_checkpoint_and_resumes(tmp_path):
     workdir = tmp_path / "killed"
     command = [sys.executable, "-m", "jaxunlearn.cli", "train", "--dataset", "digits", "--width", "0.125",
@@ -197,6 +203,7 @@ def test_bad_device_settings(tmp_path, digits_run, capsys):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_pmap_backend_unlearns_on_two_devices(digits_run, tmp_path):
     """The CU remainder batch (146 mod 64 = 18 forget samples) divides by 2: no padding."""
     source, _ = digits_run
@@ -253,6 +260,7 @@ def test_a_whole_cu_run_takes_the_same_steps_with_either_convolution(digits_run,
         assert abs(gemm_final[name] - xla_final[name]) * images <= 1 + 1e-9, name
 
 
+@pytest.mark.slow
 def test_a_batch_of_100_runs_on_8_devices(digits_run, tmp_path):
     """100 does not divide by 8: every batch of 100 is padded to 104 (the last, of 92, to 96), not refused."""
     source, _ = digits_run

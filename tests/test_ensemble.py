@@ -160,6 +160,7 @@ def restored_params(run):
     return Run(run).model()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_runs_vmapped_through_the_harness(digits_run, tmp_path, name):
     """Two models of every method through `unlearn`, vmapped on one device, each with its own seed (the
@@ -176,6 +177,7 @@ def test_every_method_runs_vmapped_through_the_harness(digits_run, tmp_path, nam
     assert losses[0, 0] != losses[0, 1]  # each model its own seed: its own batches or initialisation
 
 
+@pytest.mark.slow
 def test_four_vmapped_runs_equal_four_separate_runs(digits_run, tmp_path):
     """K = 4 seeds of CU through the harness, 2 devices × 2 vmapped models, against 4 single runs on one
     device: one epoch of 12 steps at lr 1e-3 from the trained original, every step and the final parameters

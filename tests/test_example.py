@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "own_model.py"
 
 
+@pytest.mark.slow
 def test_own_model_example_trains_forgets_and_evaluates(tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLE), "--json", str(tmp_path / "results.json")],
                             capture_output=True, text=True, timeout=600)

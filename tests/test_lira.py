@@ -56,6 +56,7 @@ def test_ulira_refuses_what_it_cannot_fit():
         ulira(unlearned, never_seen, held, np.arange(8) < 2)
 
 
+@pytest.mark.slow
 def test_ulira_command_on_digits(tmp_path):
     from jaxunlearn.config import SupervisedHparams, TrainConfig
     from jaxunlearn.runs import train

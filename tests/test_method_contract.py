@@ -1,6 +1,8 @@
 """The contract every registered method meets, run over all of them (a new method gets it for free).
 
-For each method, on digits with a tiny untrained ResNet-18 (width 1/16) and small settings (`SMALL`):
+For each method, on digits with a small untrained network (tests/small_model.py: the package's masked BatchNorm,
+an embedding and a head; the end-to-end tests of `make test-long` run every method on ResNet-18) and small
+settings (`SMALL`):
 - its reference defaults validate in every mode it supports, and bad values are refused;
 - its epoch plan is deterministic in (seed, epoch) and another seed gives another plan;
 - one step of its loss is finite, and equal on 1 and 2 devices (float32, one step: parameters, statistics and
@@ -36,7 +38,8 @@ from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods import METHODS, Context
 from jaxunlearn.methods.base import StartingModel
-from jaxunlearn.models import EmbeddingClassifier, create_model, relu_l2_normalise
+from jaxunlearn.models import EmbeddingClassifier, relu_l2_normalise
+from small_model import small_model
 
 SMALL = {
     "contrastive": ("random:16", {"batch_size": "16", "retain_per_forget": "2", "epochs": "1"}),
@@ -69,8 +72,6 @@ def digits():
     return dataset, DeviceData.from_dataset(dataset)
 
 
-def resnet(num_classes, seed):
-    return create_model("resnet18", num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)
 
 
 class UserEmbedding(nnx.Module):
@@ -92,7 +93,7 @@ def user_model(num_classes, seed):
     return EmbeddingClassifier(UserEmbedding(rngs), nnx.Linear(16, num_classes, rngs=rngs))
 
 
-def setup(name, dataset, data, seed=0, build=resnet):
+def setup(name, dataset, data, seed=0, build=small_model):
     """(hparams, context, plan of epoch 0, loss, optimizer, state, aux, graphdef) of method `name` on the
     model `build(num_classes, seed)`."""
     method = METHODS[name]
@@ -120,7 +121,7 @@ def first_step(plan):
     return [{name: columns[:1] for name, columns in plan[0].items()}]
 
 
-def one_step(name, dataset, data, devices, build=resnet):
+def one_step(name, dataset, data, devices, build=small_model):
     _, _, plan, loss_fn, tx, state, aux, graphdef = setup(name, dataset, data, build=build)
     mesh = data_mesh(devices)
     state, images, labels, aux = replicate((state, data.train_images, data.train_labels, aux), mesh)

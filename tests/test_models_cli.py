@@ -7,13 +7,13 @@ import pytest
 from jaxunlearn.cli import main
 from jaxunlearn.demo import TRAIN
 
-pytestmark = pytest.mark.slow
 
 
 def run_cli(*args) -> int:
     return main([str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_vit_small_trains_forgets_evaluates_and_benches(tmp_path, capsys):
     """ViT width 1/8 (dim 48), depth 2, patches of 4 on 8×8 digits (4 tokens and a class token)."""
     original, unlearned = tmp_path / "vit", tmp_path / "vit-cu"
@@ -37,6 +37,7 @@ def test_vit_small_trains_forgets_evaluates_and_benches(tmp_path, capsys):
     assert all(row in report for row in ("\ncu ", "\ntrain ", "\ncu bf16 ", "\ntrain bf16 "))
 
 
+@pytest.mark.slow
 def test_bf16_training_and_unlearning_match_float32(digits_run, tmp_path):
     """The demo's original trained again with bf16 compute reaches the float32 accuracy (±3 points), and CU
     in bf16 from the float32 original forgets as CU in float32 does."""

@@ -30,6 +30,7 @@ from jaxunlearn.engine.state import create_state
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.supervised import supervised_loss
 from jaxunlearn.models import create_model
+from small_model import small_model
 
 TOLERANCES = {"float32": (1e-5, 1e-6), "float64": (1e-9, 1e-10), "float64-epoch": (1e-9, 1e-9)}
 """dtype → (rtol, atol); see the module docstring."""
@@ -40,10 +41,14 @@ def digits():
     return load_dataset("digits", None)
 
 
-def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0.05, loop="auto"):
-    """Run `blocks` as one epoch from a fixed narrow ResNet-18 with parameters in `dtype`;
-    returns (per-step losses, final state)."""
-    model = create_model("resnet18", 10, in_channels=1, width=0.0625, seed=0, bn_axis_name=AXIS)
+def resnet(num_classes, seed):
+    return create_model("resnet18", num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)
+
+
+def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0.05, loop="auto", build=resnet):
+    """Run `blocks` as one epoch from a fixed model `build(10, seed=0)` (by default a narrow ResNet-18) with
+    parameters in `dtype`; returns (per-step losses, final state)."""
+    model = build(10, seed=0)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = jax.tree.map(lambda x: x.astype(dtype), (params, batch_stats))
     tx = optax.sgd(learning_rate, momentum=0.9)
@@ -127,7 +132,9 @@ def test_a_whole_epoch_with_partial_batches_is_the_same_on_1_3_and_8_devices(dig
     contrastive, class 5: 146 forget images → 4 batches of 32 and one of 18, each 4 times (ω), beside retain
     batches of the same size: 32 pads to 33 on 3 devices, 18 to 24 on 8. contrastive, random 100: a last
     batch of 4, so on 8 devices four devices hold only padding. random labels: the forget pass (a partial
-    batch of 18) and the last, partial retain batch. float64, rtol 1e-9 (the module's policy).
+    batch of 18) and the last, partial retain batch. float64, rtol 1e-9 (the module's policy). On the small
+    network of tests/small_model.py (masked BatchNorm, embedding, head): the steps of the ResNet-18 are those
+    of the test above.
     """
     with jax.enable_x64(True):
         if case == "random_label":
@@ -138,11 +145,11 @@ def test_a_whole_epoch_with_partial_batches_is_the_same_on_1_3_and_8_devices(dig
             loss_fn, plan = whole_epoch_case(digits, "contrastive", "class:5" if mode == "class" else "random:100")
         widths = [next(iter(block.values())).shape[1] for block in plan]
         assert any(width % 3 for width in widths) and any(width % 8 for width in widths)
-        reference = run_steps(digits, loss_fn, plan, 1, "shard_map", "float64")
+        reference = run_steps(digits, loss_fn, plan, 1, "shard_map", "float64", build=small_model)
         assert np.all(np.isfinite(reference[0]))
         for devices, backend in ((3, "shard_map"), (8, "shard_map"), (3, "pmap"), (8, "pmap")):
-            assert_same_run(reference, run_steps(digits, loss_fn, plan, devices, backend, "float64"), "float64",
-                            "float64-epoch")
+            assert_same_run(reference, run_steps(digits, loss_fn, plan, devices, backend, "float64",
+                                                 build=small_model), "float64", "float64-epoch")
 
 
 @pytest.mark.parametrize("devices, backend", [(1, "shard_map"), (2, "shard_map"), (8, "pmap")])

@@ -23,7 +23,6 @@ from jaxunlearn.cli import main
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.files import LOCK_FILE
 
-pytestmark = pytest.mark.slow
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,6 @@ from jaxunlearn.errors import TrainingDiverged
 from jaxunlearn.files import LOCK_FILE
 from jaxunlearn.methods.supervised import supervised_loss
 
-pytestmark = pytest.mark.slow
 
 CONFIG = TrainConfig(dataset="digits", width=0.0625, recipe=SupervisedHparams(epochs=3, batch_size=256))
 """1438 digits in batches of 256: 5 steps per epoch, 15 in all."""
@@ -93,6 +92,7 @@ def kill_inside_orbax_save(real):
     return save
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["while writing the log", "after the log, before the checkpoint",
                                    "inside Orbax's save", "after the checkpoint"])
 def test_a_kill_at_any_phase_of_an_epoch_boundary_resumes_to_the_same_run(phase, uninterrupted, tmp_path,
@@ -114,6 +114,7 @@ def test_a_kill_at_any_phase_of_an_epoch_boundary_resumes_to_the_same_run(phase,
     assert without_seconds(metrics) == without_seconds(whole_metrics)
 
 
+@pytest.mark.slow
 def test_a_leftover_temporary_file_does_not_block_a_first_start(tmp_path, uninterrupted):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -128,6 +129,7 @@ def refuse_to_build(*args, **kwargs):
     raise AssertionError("a finished run built a model")
 
 
+@pytest.mark.slow
 def test_a_rerun_of_a_finished_run_returns_its_metrics_without_building_anything(uninterrupted, tmp_path,
                                                                                  monkeypatch):
     whole, whole_metrics = uninterrupted
@@ -144,6 +146,7 @@ def test_a_rerun_of_a_finished_run_returns_its_metrics_without_building_anything
     assert json.loads((workdir / "metrics.json").read_text())["steps"] == 15
 
 
+@pytest.mark.slow
 def test_a_rerun_of_a_finished_unlearning_builds_nothing(digits_run, tmp_path, monkeypatch):
     source, _ = digits_run
     command = ["unlearn", "--method", "finetune", "--forget", "class:5", "--workdir", str(tmp_path / "ft"),
@@ -167,6 +170,7 @@ def poisoned_at(step_index: int):
     return loss
 
 
+@pytest.mark.slow
 def test_a_non_finite_last_update_is_never_checkpointed(tmp_path, monkeypatch):
     """The last update of epoch 2 (step 10) is NaN and every loss of epoch 2 finite: the state check stops
     the run, and the latest checkpoint stays epoch 1's, finite."""
@@ -180,6 +184,7 @@ def test_a_non_finite_last_update_is_never_checkpointed(tmp_path, monkeypatch):
     assert len(losses) == 5 and np.all(np.isfinite(losses))  # epoch 2's lines were never written
 
 
+@pytest.mark.slow
 def test_a_first_update_that_diverges_exits_1_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runs, "supervised_loss", poisoned_at(0))
     workdir = tmp_path / "run"
@@ -196,6 +201,7 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, uninterrupted):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -204,6 +210,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, uninterrupted):
     assert not (workdir / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_lock_of_another_host_is_not_taken(tmp_path, capsys):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -213,6 +220,7 @@ def test_a_lock_of_another_host_is_not_taken(tmp_path, capsys):
     assert [p.name for p in workdir.iterdir()] == [LOCK_FILE]
 
 
+@pytest.mark.slow
 def test_equivalent_spellings_of_a_configuration_resume_the_same_run(digits_run, tmp_path, capsys):
     source, _ = digits_run
     spelled = tmp_path / "x" / ".." / "source-link"
