@@ -39,7 +39,7 @@ from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import make_ensemble, take
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import atomic_write, check_writable, write_json
+from jaxunlearn.files import atomic_write, check_writable, owned_directory, write_json
 from jaxunlearn.evaluation.accuracy import host_labels, part_outputs, split_parts
 from jaxunlearn.evaluation.challenge import (
     challenge_epsilons, epsilon_points, final_score, logit_scaled_confidence,
@@ -118,6 +118,11 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     """
     check_audit(config, source, execution)
     _check_workdir(workdir, source, "audit.json")
+    with owned_directory(workdir, "`workdir`"):
+        return _run_audit(config, source, Path(workdir), execution)
+
+
+def _run_audit(config: AuditConfig, source: str | Path, workdir: Path, execution: Execution) -> dict[str, Any]:
     original = source_config(source)
     dataset = training_data(original)
     split = obtain_split(source, dataset, config.forget, config.pairing, config.seed)
@@ -305,6 +310,11 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
     """
     check_ulira(config, source, execution)
     _check_workdir(workdir, source, "ulira.json")
+    with owned_directory(workdir, "`workdir`"):
+        return _run_ulira(config, source, Path(workdir), execution)
+
+
+def _run_ulira(config: UliraConfig, source: str | Path, workdir: Path, execution: Execution) -> dict[str, Any]:
     original = source_config(source)
     dataset = training_data(original)
     audited = make_split(ForgetSpec("random", count=config.audited), dataset.train_labels, dataset.num_classes,

@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,6 +125,8 @@ def _build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--dataset", help="refuse to run unless the checkpoint was trained on this dataset")
     unlearn.add_argument("--model", help="refuse to run unless the checkpoint holds this model")
     unlearn.add_argument("--precision", choices=("f32", "bf16"), default="f32", help=PRECISION_HELP)
+    unlearn.add_argument("--allow-unfinished", action="store_true",
+                         help="unlearn an original whose training has not reached its last epoch (refused otherwise)")
     _add_execution_flags(unlearn)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run and write its metrics.json")
@@ -245,7 +248,7 @@ def _unlearn(args: argparse.Namespace) -> None:
     config = UnlearnConfig(method=args.method, forget=args.forget, hparams=_method_overrides(args),
                            pairing=args.pairing, seed=args.seed, data_dir=args.data_dir, precision=args.precision)
     metrics = unlearn(config, args.source, args.workdir, execution=_execution(args),
-                      save_every_seconds=args.save_every)
+                      save_every_seconds=args.save_every, allow_unfinished=args.allow_unfinished)
     if is_main_process():
         print(format_metrics(metrics))
 
@@ -379,6 +382,21 @@ def _configure_libraries() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+def check_xla_flags() -> None:
+    """UserError when XLA_FLAGS is set and XLA would refuse it: XLA reads it when JAX starts and aborts the
+    process with a fatal log line. A short process that starts JAX on the CPU with the same flags tells first
+    (about a second, only when XLA_FLAGS is set)."""
+    if not os.environ.get("XLA_FLAGS", "").strip():
+        return
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    if probe.returncode == 0:
+        return
+    lines = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line] or probe.stderr.splitlines()[-1:]
+    reason = lines[0].split("] ", 1)[-1].strip() if lines else f"exit status {probe.returncode}"
+    raise UserError(f"XLA_FLAGS is not valid: {reason}")
+
+
 FLAGS = {"source": "--from", "split": "--forget", "out_dir": "--out"}
 """The flags whose names differ from the library parameters they set."""
 
@@ -398,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench": _bench, "experiment": _experiment, "audit": _audit,
                 "ulira": _ulira}
     try:
+        check_xla_flags()
         if "coordinator" in args:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
                                    timeout=args.coordinator_timeout)

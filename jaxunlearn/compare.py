@@ -7,17 +7,13 @@ import numpy as np
 
 from jaxunlearn.data.splits import Split
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import check_writable, read_log
+from jaxunlearn.files import check_writable, owned_directory
 from jaxunlearn.report import RunSummary, write_report
 from jaxunlearn.run import Run
 from jaxunlearn.runs import evaluate_run, run_embeddings
 
 EMBEDDED_RETAIN = 2000
 """Retain samples embedded per model for the projection plot (the first ones in dataset order)."""
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [record for _, record in read_log(path)]
 
 
 def _run_name(run: Run) -> str:
@@ -65,13 +61,9 @@ def report_runs(runs: list[str | Path], out_dir: str | Path) -> list[Path]:
         forget_feat, retain_feat = run_embeddings(run, [split.forget, retain_shown])
         summaries.append(RunSummary(
             name=name, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            step_log=_read_jsonl(run.path / "metrics.jsonl") if name != "original" else [],
-            epoch_log=_read_jsonl(run.path / "evaluations.jsonl") if name != "original" else [],
+            step_log=run.step_log() if name != "original" else [],
+            epoch_log=run.epoch_log() if name != "original" else [],
             embeddings={"forget": np.asarray(forget_feat), "retain": np.asarray(retain_feat)},
         ))
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
-    return write_report(summaries, out, reference="retrain" if reference else "original")
+    with owned_directory(out_dir, "`out_dir`") as out:  # one report at a time writes into it
+        return write_report(summaries, out, reference="retrain" if reference else "original")

@@ -35,14 +35,13 @@ from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig, as_
 from jaxunlearn.data.splits import PAIRINGS, ForgetSpec, Pairing, Split, make_split, parse_forget
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import check_writable, write_json
+from jaxunlearn.files import LOCK_FILE, RunLock, check_writable, owned_directory, write_json
 from jaxunlearn.evaluation.relearn import RelearnSettings
 from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
-from jaxunlearn.run import Run, training_data
+from jaxunlearn.run import Run, training_data, with_defaults
 from jaxunlearn.evaluation.model import evaluate_model_outputs
-from jaxunlearn.runs import (evaluate_run, obtain_split, resolve_hparams, train, unlearn, unlearn_run_config,
-                             with_defaults)
+from jaxunlearn.runs import evaluate_run, obtain_split, resolve_hparams, train, unlearn, unlearn_run_config
 from jaxunlearn.tuning import SCORED_PARTS, Tuning, tuning_record
 
 REFERENCE = "retrain"
@@ -154,6 +153,15 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
     out = Path(out_dir)
     results_path = out / "results.json"
     _preflight(protocol, seeds, runs_dir, results_path, data_dir, execution)
+    if not is_main_process():
+        return _run_experiment(protocol, runs_dir, out, seeds, methods, data_dir, execution)
+    with owned_directory(out, "`out`"):  # one experiment at a time writes results.json and the records
+        return _run_experiment(protocol, runs_dir, out, seeds, methods, data_dir, execution)
+
+
+def _run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out: Path, seeds: tuple[int, ...],
+                    methods: tuple[str, ...], data_dir: str | None, execution: Execution) -> dict[str, Any]:
+    results_path = out / "results.json"
     results = _load_results(results_path, protocol)
     tuned = [method for method in methods if method in protocol.tuning]
     tuning_seed = protocol.seeds[0]
@@ -185,8 +193,7 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
             if twin is not None:  # the same run: a tuned configuration that is the default, or the chosen one
                 _announce(f"{protocol.name} seed {seed}: {name} is {twin}'s configuration: its run is reused")
                 if is_main_process() and (root / twin).is_dir():  # on a shared file system; the others wait
-                    shutil.rmtree(root / name, ignore_errors=True)
-                    shutil.copytree(root / twin, root / name)
+                    _copy_run(root / twin, root / name)
                 done[name] = done[twin]
                 _write_record(record / f"{name}.json", json.loads((record / f"{twin}.json").read_text()), None)
                 _save(results, results_path)
@@ -245,6 +252,16 @@ def run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out_dir: 
     if is_main_process():
         write_experiment_report(results, out)
     return results
+
+
+def _copy_run(run: Path, to: Path) -> None:
+    """Make run directory `to` a copy of `run`, holding `to`'s lock (whatever `to` held before goes)."""
+    to.mkdir(parents=True, exist_ok=True)
+    with RunLock(to):
+        for child in to.iterdir():
+            if child.name != LOCK_FILE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        shutil.copytree(run, to, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE))
 
 
 def check_rebuilt(rebuilt: dict[str, Run], split: Split, done: dict[str, Any]) -> None:

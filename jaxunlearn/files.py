@@ -1,19 +1,22 @@
 """Files of a run directory: written atomically (a process killed while writing leaves the old file or the
 new one, never half), and the lock that gives a run directory one writer."""
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from jaxunlearn.errors import UserError
 
 LOCK_FILE = ".lock"
-"""The lock of a run directory: JSON {"pid", "host", "token"} of the process writing it."""
+"""The lock of a run directory (`RunLock`): JSON {"pid", "host"} of the process holding it."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> None:
@@ -85,67 +88,117 @@ def is_leftover(path: Path) -> bool:
 
 
 class RunLock:
-    """The one writer of a run directory, held from before its first write until the run ends.
+    """The one writer of a run directory: an exclusive OS lock (`fcntl.flock`) on `directory/.lock`, held from
+    before the first write until `release()` or the end of the process.
 
-    `RunLock(directory)` takes `directory/.lock` or raises UserError naming the process that holds it. A lock
-    left by a dead process of this host is taken over; one of another host is not (its process cannot be
-    checked from here), and the message says how to clear it.
+    `RunLock(directory)` takes it at once or raises UserError naming the process that holds it (the file records
+    its pid and host, for that message only). The kernel frees the lock when its process dies, kill -9
+    included, so there is no stale lock to take over and no moment at which two processes hold it; a file left
+    by a dead process is simply locked again. On a network file system the lock reaches other hosts where the
+    file system supports locking (NFS does; gcsfuse guards only the processes of one host).
+
+    Within one process the lock is re-entrant: taking it again for the same directory (a library call nested
+    in another that holds it) returns at once, and the outermost release frees it.
     """
 
-    def __init__(self, directory: str | os.PathLike):
-        self.path = Path(directory) / LOCK_FILE
-        self.holder = {"pid": os.getpid(), "host": socket.gethostname(), "token": secrets.token_hex(8)}
-        for _ in range(3):
-            if self._create():
-                return
-            self._take_over_if_stale()
-        raise UserError(f"cannot take the lock {self.path}: other processes keep taking it")
+    _held: dict[Path, list] = {}
+    """This process's locks: resolved lock path → [file descriptor, depth]."""
 
-    def _create(self) -> bool:
-        """Create the lock with its content complete (a hard link of a written file), False if it exists."""
-        temporary = self.path.with_name(f"{LOCK_FILE}.{self.holder['token']}.tmp")
-        temporary.write_text(json.dumps(self.holder))
-        try:
-            os.link(temporary, self.path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            temporary.unlink(missing_ok=True)
-
-    def _take_over_if_stale(self) -> None:
-        try:
-            holder = json.loads(self.path.read_text())
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except FileNotFoundError:
-            return  # released meanwhile
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{self.path} is not a lock this program wrote; delete it if no run uses "
-                            f"{self.path.parent}") from None
-        if host != self.holder["host"] or _alive(pid):
-            raise UserError(f"{self.path.parent} is in use by process {pid} on {host}; wait for it to end, or "
-                            f"delete {self.path} if that process is gone")
-        stale = self.path.with_name(f"{LOCK_FILE}.{self.holder['token']}.stale.tmp")
-        try:
-            os.rename(self.path, stale)  # of several processes taking over, one rename succeeds
-        except FileNotFoundError:
+    def __init__(self, directory: str | os.PathLike, *, wait: float = 0.0):
+        self.path = Path(os.path.realpath(directory)) / LOCK_FILE
+        self.holder = {"pid": os.getpid(), "host": socket.gethostname()}
+        held = RunLock._held.get(self.path)
+        if held is not None:
+            held[1] += 1
             return
-        stale.unlink()
+        RunLock._held[self.path] = [self._take(time.monotonic() + wait), 1]
+
+    def _take(self, deadline: float) -> int:
+        """wait: seconds to keep trying while another process holds it (a brief writer, such as another
+        evaluation writing its metrics), before the UserError."""
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(descriptor)
+                os.close(descriptor)
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise UserError(f"{self.path.parent} is in use by process {holder.get('pid', '?')} on "
+                                f"{holder.get('host', '?')}; wait for it to end") from None
+            except BaseException:
+                os.close(descriptor)
+                raise
+            # A holder releases by deleting the file while it holds the lock: the file this process opened may
+            # have been deleted (and another created) before the lock was granted. Locked and still the file at
+            # the path: this process holds the run's lock.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(descriptor).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(descriptor)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps(self.holder).encode(), 0)
+        except OSError:
+            pass  # the record is only for messages; the lock is held
+        return descriptor
 
     def release(self) -> None:
-        """Remove the lock if it is still this one's."""
+        """Free the lock (the outermost release of this process's nested ones): the file is deleted while
+        still locked, so a process that opened it meanwhile sees it gone and takes a new one."""
+        held = RunLock._held.get(self.path)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1]:
+            return
+        del RunLock._held[self.path]
         try:
-            if json.loads(self.path.read_text()).get("token") == self.holder["token"]:
-                self.path.unlink()
-        except (OSError, ValueError):
+            self.path.unlink()
+        except OSError:
             pass
+        os.close(held[0])
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
-def _alive(pid: int) -> bool:
+def _read_holder(descriptor: int) -> dict[str, Any]:
+    """The pid and host a lock file records ({} when it holds none yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        holder = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def owned_directory(directory: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold `directory` (created if missing) as its one writer (`RunLock`) for the block: an experiment's or an
+    audit's output, a report. When the block raises, a directory this call created is removed again if
+    nothing was written into it (`what` names the setting in messages)."""
+    path = Path(directory)
+    existed = path.is_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write to {what} {path}: {error.strerror or error}") from None
+    lock = RunLock(path)
+    try:
+        yield path
+    except BaseException:
+        lock.release()
+        if not existed:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        raise
+    lock.release()

@@ -1,30 +1,18 @@
-"""The shared harness: `train`, `unlearn` and `evaluate_run` as library functions over a run directory.
+"""The shared harness: `train`, `unlearn` and `evaluate_run` as library functions over a run directory
+(`jaxunlearn.run.Run` owns its layout).
 
 Every method goes through `unlearn`, which builds the data, the model and the split, validates everything
 before it writes anything, and hands a `Procedure` to the one loop (`jaxunlearn.engine.loop.fit`).
-
-Run directory:
-  config.json    the resolved configuration (a rerun with the same one resumes; another one is refused)
-  split.npz      forget/retain indices with their content hash (unlearning runs)
-  checkpoints/   Orbax steps, one per epoch: params, batch_stats, opt_state, meta
-  metrics.jsonl  one line per optimizer step
-  evaluations.jsonl  one line per epoch
-  metrics.json   the final evaluation
 """
 
-import contextlib
 import dataclasses
-import json
 import os
-import re
-import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
 from jaxunlearn.data.sources import Dataset
@@ -37,7 +25,6 @@ from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
-from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, write_json
 from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, split_parts,
                                            whole_sets)
 from jaxunlearn.evaluation.model import evaluate_model_outputs
@@ -47,122 +34,8 @@ from jaxunlearn.evaluation.suite import reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
-from jaxunlearn.run import Run, as_run, config_hash, device_data, model_state, training_data
-
-
-SUBSETS_FILE = "subsets.npz"
-"""A training run of several models on subsets of the train set: the subsets, int [K, n], with their hash."""
-
-
-@contextlib.contextmanager
-def open_workdir(workdir: str | Path, config: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Hold `workdir` for a run of `config`: created with config.json, or accepted when it holds an equivalent
-    configuration (a resume). Yields (the directory, the configuration as recorded there).
-
-    The run directory's lock (`RunLock`) is taken before anything is written and released on exit, so one
-    process writes a run directory at a time. A refusal leaves the tree as it was. In a multi-process run
-    process 0 does this and the others wait for it.
-    """
-    if not str(workdir).strip():
-        raise UserError("`workdir` is empty")
-    path = Path(workdir)
-    lock = None
-    if is_main_process():
-        lock, config = _prepare_workdir(path, json.loads(json.dumps(config)))
-    try:
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"prepare {path}")
-            config = Run(path).config
-        yield path, config
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _prepare_workdir(path: Path, config: dict[str, Any]) -> tuple[RunLock, dict[str, Any]]:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"workdir {path} exists and is not a directory")
-    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
-    lock = None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(path)
-        config_file = path / "config.json"
-        if config_file.exists():
-            stored = Run(path).config
-            if canonical_config(stored) != canonical_config(config):
-                raise UserError(f"{path} holds a run with another configuration; choose a new `workdir`")
-            return lock, stored
-        if any(p.name != LOCK_FILE and not is_leftover(p) for p in path.iterdir()):
-            raise UserError(f"workdir {path} exists and is not an empty directory")
-        for leftover in path.iterdir():
-            if is_leftover(leftover):
-                leftover.unlink()
-        write_json(config_file, config)
-        return lock, config
-    except BaseException as error:  # a refusal leaves the tree as it was
-        if lock is not None:
-            lock.release()
-        _remove_created(created)
-        if isinstance(error, OSError):
-            raise UserError(f"cannot write to workdir {path}: {error.strerror or error}") from None
-        raise
-
-
-def _remove_created(directory: Path | None) -> None:
-    """Remove the directories a refused run created (they hold at most its lock)."""
-    if directory is not None and directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def finished_run(workdir: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The final metrics (metrics.json) of a run of `config` that already went to its end in `workdir`, or
-    None when it has not (then it starts or resumes as usual). A rerun of a finished run thus builds no model
-    and compiles nothing. Finished: the configuration is the same, the latest checkpoint is the run's last,
-    and metrics.json evaluates that checkpoint (its `steps`)."""
-    path = Path(workdir)
-    if not str(workdir).strip() or not (path / "metrics.json").is_file() or checkpoint.latest_epoch(path) is None:
-        return None
-    try:
-        stored, metrics = Run(path).config, json.loads((path / "metrics.json").read_text())
-        meta = checkpoint.read_meta(path)
-    except (UserError, OSError, ValueError):
-        return None  # the ordinary path reports what is wrong
-    same = canonical_config(stored) == canonical_config(json.loads(json.dumps(config)))
-    return metrics if same and meta.get("finished") and metrics.get("steps") == meta.get("steps") else None
-
-
-def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What makes two configurations the same run: the resolved values, not how they were spelled.
-
-    Drops the raw `--hp` overrides (the resolved hyperparameters are recorded beside them) and every
-    `data_dir` (where the data is, not what it is), and resolves the source path (`./a/../a` is `a`).
-    """
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: strip(item) for key, item in value.items() if key != "data_dir"}
-        return value
-    config = dict(config)
-    for key, fields_of in (("config", TrainConfig if config.get("kind") == "train" else UnlearnConfig),
-                           ("train_config", TrainConfig)):
-        if isinstance(config.get(key), dict):
-            config[key] = with_defaults(config[key], fields_of)
-    result = strip(config)
-    if isinstance(result.get("config"), dict) and "hparams" in result:
-        result["config"] = {key: item for key, item in result["config"].items() if key != "hparams"}
-    if isinstance(result.get("source"), str):
-        result["source"] = os.path.realpath(result["source"])
-    return result
-
-
-def with_defaults(fields: dict[str, Any], config_class: type) -> dict[str, Any]:
-    """`fields` of a `config_class` with the defaults of the fields it lacks: a run recorded before a field
-    was added is the same configuration as one that sets it to its default."""
-    defaults = {field.name: to_json(field.default if field.default_factory is dataclasses.MISSING
-                                    else field.default_factory())
-                for field in dataclasses.fields(config_class)
-                if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING}
-    return {**defaults, **fields}
+from jaxunlearn.run import (MODEL_SPLITS_DIR, SUBSETS_FILE, Run, as_run, check_same_source, config_hash, device_data, model_state,
+                            split_name, training_data)
 
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
@@ -194,17 +67,17 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     if ensemble is not None:
         stack_plans(first)
     run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
-    if (finished := finished_run(workdir, run_config)) is not None:
+    if (finished := Run(workdir).finished_metrics(run_config)) is not None:
         return finished
     check_memory(config, dataset, len(members))
     initial = [model_state(config, dataset, initialise=True, seed=seed) for seed in members]
     graphdef = initial[0][0]  # float32: evaluation
     step_graphdef = model_state(config, dataset, initialise=False, precision=config.precision,
                                  conv=execution.conv)[0]
-    with open_workdir(workdir, run_config) as (workdir, run_config):
-        meta = {"config_hash": config_hash(run_config)}
-        if subsets is not None and is_main_process() and not (workdir / SUBSETS_FILE).exists():
-            save_indices(workdir / SUBSETS_FILE, np.asarray(subsets))
+    with Run.claim(workdir, run_config) as run:
+        meta = {"config_hash": config_hash(run.config)}
+        if subsets is not None and is_main_process() and not (run.path / SUBSETS_FILE).exists():
+            save_indices(run.path / SUBSETS_FILE, np.asarray(subsets))
 
         data = device_data(dataset)
         tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
@@ -217,13 +90,13 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
             should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
         )
         states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
-        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, workdir, meta, "train",
+        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, run.path,
+                          (run.step_log_path, run.epoch_log_path), meta, "train",
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, host_labels(dataset),
             {"train": ("train", pools[k]), **held_out_sets}))
-        if is_main_process():
-            write_json(workdir / "metrics.json", metrics)
+        run.write_metrics(metrics)
         return metrics
 
 
@@ -331,30 +204,29 @@ def obtain_split(source: str | Path, dataset: Dataset, spec: ForgetSpec, pairing
                  save: bool = True) -> Split:
     """The split of `forget` for the training run `source`, shared by every method unlearning from it.
 
-    The first call saves it under `source/splits/` (with save=False the caller does, with `keep_split`, once
-    it has validated everything else); later calls load that file, whose hash, recorded request (spec,
-    pairing, seed) and indices are checked against this request and dataset, so all methods of one
-    experiment forget exactly the same samples and a file that does not fit is refused, not used.
+    The split is a function of the request (spec, pairing, seed) and the dataset's labels. The first call
+    saves it under `source/splits/` (with save=False the caller does, with `keep_split`, once it has
+    validated everything else); a file found there must hold exactly that split (its hash, its recorded
+    request and its indices), so all methods of one experiment forget exactly the same samples and a file
+    that does not fit, edited with its hash recomputed included, is refused, not used.
     """
+    split = make_split(spec, dataset.train_labels, dataset.num_classes, pairing=pairing, seed=seed)
     path = _split_path(source, spec, pairing, seed)
     if path.exists():
-        split = load_split(path)
-        if (str(split.spec), split.pairing, split.seed) != (str(spec), pairing, seed):
-            raise UserError(f"split file {path} holds {split.spec} ({split.pairing}, seed {split.seed}), not "
+        stored = load_split(path)
+        if (str(stored.spec), stored.pairing, stored.seed) != (str(spec), pairing, seed):
+            raise UserError(f"split file {path} holds {stored.spec} ({stored.pairing}, seed {stored.seed}), not "
                             f"the requested {spec} ({pairing}, seed {seed})")
-        indices = np.concatenate([split.forget, split.retain])
-        if indices.size and (indices.min() < 0 or indices.max() >= len(dataset.train_labels)):
-            raise UserError(f"split file {path} indexes images outside the {len(dataset.train_labels)} "
-                            f"training images of {source}")
-        return split
-    split = make_split(spec, dataset.train_labels, dataset.num_classes, pairing=pairing, seed=seed)
-    if save:
+        if stored.content_hash() != split.content_hash():
+            raise UserError(f"split file {path} holds other indices than {spec} ({pairing}, seed {seed}) gives "
+                            f"on the training images of {source}; it was edited or belongs to other data")
+    elif save:
         keep_split(source, split)
     return split
 
 
 def _split_path(source: str | Path, spec: ForgetSpec, pairing: Pairing, seed: int) -> Path:
-    return Path(source) / "splits" / (re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{pairing}-seed{seed}.npz")
+    return Path(source) / MODEL_SPLITS_DIR / f"{split_name(spec, pairing, seed)}.npz"
 
 
 def keep_split(source: str | Path, split: Split) -> None:
@@ -380,18 +252,21 @@ def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
 def unlearn_run_config(config: UnlearnConfig, source: str | Path, splits: Sequence[Split],
                        seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """What an unlearning run of `config` from training run `source` records as its config.json (and what
-    makes a finished run the same run): `splits` one per model, or one shared by all."""
+    makes a finished run the same run): `splits` one per model, or one shared by all, and the identity of
+    the original it starts from (`Run.identity`: its checkpoint and the hash of its parameters)."""
     original = source_config(source)
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     return {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
             "train_config": to_json(original), "hparams": dataclasses.asdict(resolve_hparams(config, original)),
+            "source_identity": as_run(source).identity(),
             **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
             **_models_config(seeds, splits=splits if per_model_splits else None)}
 
 
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             execution: Execution = Execution(), save_every_seconds: float = 60.0,
-            seeds: Sequence[int] | None = None, splits: Sequence[Split] | None = None) -> dict[str, Any]:
+            seeds: Sequence[int] | None = None, splits: Sequence[Split] | None = None,
+            allow_unfinished: bool = False) -> dict[str, Any]:
     """Apply `config.method` to the model of training run `source`, data-parallel over `execution`'s
     devices; returns (and writes) its evaluation.
 
@@ -401,10 +276,14 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
       own split (one per model, all of one mode; saved under splits/). A source run of K models gives model
       k its model k; a source of one model gives it to all. metrics.json then holds one dict per model
       under "models".
+    allow_unfinished: unlearn an original whose training has not reached its last epoch (refused otherwise).
+      Either way the run records the original's checkpoint and parameters, and every later command refuses
+      the run once the original has changed (resumed, retrained).
     """
     method = get_method(config.method)
     _check_save_every(save_every_seconds)
     original = source_config(source)
+    _check_finished(as_run(source), allow_unfinished)
     hparams = resolve_hparams(config, original)
     dataset = training_data(original, config.data_dir)
     members = [config.seed] if seeds is None else _check_seeds(seeds)
@@ -432,17 +311,16 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         stack_plans(first)
     per_model_splits = seeds is not None and len({split.content_hash() for split in splits}) > 1
     run_config = unlearn_run_config(config, source, splits, seeds)
-    if (finished := finished_run(workdir, run_config)) is not None:
+    if (finished := Run(workdir).finished_metrics(run_config)) is not None:
         return finished
     starts = _starting_models(method, original, dataset, source, members, source_seeds)
     graphdef = starts[0][0]  # float32: evaluation
     step_graphdef = model_state(original, dataset, initialise=False, precision=config.precision,
                                  conv=execution.conv)[0]
-    with open_workdir(workdir, run_config) as (workdir, run_config):
-        if is_main_process():
-            _save_splits(workdir, splits if per_model_splits else splits[:1])
-            if obtained:
-                keep_split(source, splits[0])
+    with Run.claim(workdir, run_config) as run:
+        run.save_splits(splits if per_model_splits else splits[:1])
+        if obtained:
+            keep_split(source, splits[0])
 
         data = device_data(dataset)
         fresh = lambda: model_state(original, dataset, initialise=True, seed=original.seed + 1)[1:]
@@ -469,13 +347,13 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             should_stop=lambda evaluation: method.should_stop(evaluation, contexts[0]), learning_rate=schedule,
             aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
         )
-        meta = {"config_hash": config_hash(run_config)}
-        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, workdir, meta, config.method,
+        meta = {"config_hash": config_hash(run.config)}
+        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, run.path,
+                          (run.step_log_path, run.epoch_log_path), meta, config.method,
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, labels, parts[k]))
-        if is_main_process():
-            write_json(workdir / "metrics.json", metrics)
+        run.write_metrics(metrics)
         return metrics
 
 
@@ -491,22 +369,22 @@ def _starting_models(method: Any, original: TrainConfig, dataset: Dataset, sourc
     return [(graphdef, *take((params, batch_stats), k)) for k in range(len(seeds))]
 
 
-def _save_splits(workdir: Path, splits: Sequence[Split]) -> None:
-    """split.npz for the split every model forgets; splits/model<k>.npz when each has its own."""
-    if len(splits) == 1:
-        if not (workdir / "split.npz").exists():
-            save_split(splits[0], workdir / "split.npz")
-        return
-    (workdir / "splits").mkdir(exist_ok=True)
-    for k, split in enumerate(splits):
-        if not (workdir / "splits" / f"model{k}.npz").exists():
-            save_split(split, workdir / "splits" / f"model{k}.npz")
+def _check_finished(source: Run, allow_unfinished: bool) -> None:
+    """UserError for an original whose training has not reached its end, unless it is allowed."""
+    meta = source.meta
+    if not meta["finished"] and not allow_unfinished:
+        raise UserError(f"the original {source.path} is unfinished (epoch {meta['epoch']} of "
+                        f"{source.train_config.recipe.epochs}): run its train command again to finish it, or pass "
+                        f"`allow_unfinished` to unlearn it as it is")
 
 
 def _reference_run(reference: Run, run: Run, split: Split) -> None:
     """UserError unless `reference` holds the same model and split as the evaluated run."""
     if reference.train_config != run.train_config:
         raise UserError(f"reference {reference.path} holds another model or dataset than the evaluated run")
+    if run.kind == "unlearn" and os.path.realpath(reference.config.get("source", "")) != \
+            os.path.realpath(run.config["source"]):
+        raise UserError(f"reference {reference.path} unlearned another original than the evaluated run")
     if reference.config.get("split_hash") != split.content_hash():
         raise UserError(f"reference {reference.path} forgot another split than the evaluated run ({split.spec})")
 
@@ -524,6 +402,9 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
     """
     run = as_run(run)
     split = run.split if split is None else split
+    source = run.source  # UserError when the original changed since the run started from it
+    if original is not None and source is not None and original.path.resolve() != source.path.resolve():
+        raise UserError(f"{original.path} is not the original of {run.path}")
     if reference is not None:
         reference = as_run(reference)
         if split is None:
@@ -534,7 +415,7 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
     metrics, outputs = evaluate_model_outputs(graphdef, params, batch_stats, dataset, split, data=data,
                                               predict=predict)
     if split is not None:
-        _, original_params, original_stats = (original or run.source or run).model()  # a training run is its own
+        _, original_params, original_stats = (original or source or run).model()  # a training run is its own
         metrics["l2_to_original"] = tree_l2_distance(params, original_params)
         original_logits, _ = predict(original_params, original_stats, data.train_images, split.forget)
         target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[split.forget]))
@@ -550,7 +431,8 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())
     meta = run.meta
     metrics.update(seconds=meta.get("seconds", 0.0), steps=meta.get("steps", 0), epochs=meta["epoch"])
-    write_json(run.path / "metrics.json", metrics)
+    with run.writing():
+        run.write_metrics(metrics, split)
     return metrics
 
 

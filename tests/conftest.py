@@ -58,10 +58,18 @@ def digits_run(tmp_path_factory):
 
     Returns (run directory, its final metrics).
     """
-    from jaxunlearn.demo import TRAIN
-    from jaxunlearn.runs import train
+    from jaxunlearn.demo import FORGET, TRAIN
+    from jaxunlearn.run import training_data
+    from jaxunlearn.runs import obtain_split, train
 
-    return shared_run(tmp_path_factory, "digits", lambda run: (run, train(TRAIN, run)))
+    def build(run: Path):
+        metrics = train(TRAIN, run)
+        # the class-5 split the tests unlearn, saved now: no test writes it into the shared run while another
+        # test compares the run's files before and after a refusal
+        obtain_split(run, training_data(TRAIN), FORGET, "default", 0)
+        return run, metrics
+
+    return shared_run(tmp_path_factory, "digits", build)
 
 
 def _cli_run(tmp_path_factory, name: str, args: list[str]) -> Path:

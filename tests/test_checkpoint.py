@@ -1,6 +1,8 @@
 """Orbax checkpoints: exact round trips, and clear errors for missing, corrupt or mismatched ones."""
 
+import logging
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -40,7 +42,8 @@ def test_full_state_round_trip_is_exact(tmp_path):
     checkpoint.save(manager, 3, state, {"epoch": 3, "note": "x"})
     restored, meta = checkpoint.restore_state(manager, 3, small_state(seed=1))
     manager.close()
-    assert meta == {"epoch": 3, "note": "x"}
+    assert meta == {"epoch": 3, "note": "x", "params_hash": checkpoint.tree_hash(state.params)}  # the saved model's
+    assert checkpoint.tree_hash(restored.params) == meta["params_hash"] != checkpoint.tree_hash(small_state(1).params)
     assert_trees_equal(restored.params, state.params)
     assert_trees_equal(restored.batch_stats, state.batch_stats)
     assert_trees_equal(restored.opt_state, state.opt_state)
@@ -78,11 +81,12 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
         checkpoint.read_meta(tmp_path / "nowhere")
 
 
-def test_a_failed_restore_silences_only_its_abandoned_reads():
-    """Orbax's reads that complete into its closed loop after a failure are reported as unraisable
-    RuntimeError("Event loop is closed"): dropped once reading starts, kept after a failure (they may land
-    later), the previous hook back after a success; every other unraisable still reaches the previous hook."""
-    from jaxunlearn.engine.checkpoint import _quiet_abandoned_reads
+def test_a_failed_read_or_write_silences_only_its_abandoned_background_work():
+    """Orbax's reads and writes that complete into its closed loop after a failure are reported as unraisable
+    RuntimeError("Event loop is closed"), its threads end with tracebacks and it logs each failure: dropped
+    once reading or writing starts, kept dropped after a failure (they may land later), the previous hooks
+    and log level back after a success; every other unraisable still reaches the previous hook."""
+    from jaxunlearn.engine.checkpoint import _quiet_background_failures
 
     class Raises:
         def __init__(self, error: Exception):
@@ -91,19 +95,28 @@ def test_a_failed_restore_silences_only_its_abandoned_reads():
         def __del__(self):
             raise self.error
 
-    seen = []
-    previous = sys.unraisablehook
+    seen, threads = [], []
+    previous, previous_threads = sys.unraisablehook, threading.excepthook
+    absl = logging.getLogger("absl")
+    level = absl.level
     sys.unraisablehook = lambda unraisable: seen.append(str(unraisable.exc_value))
+    threading.excepthook = lambda report: threads.append(str(report.exc_value))
     try:
-        mine = sys.unraisablehook
-        with _quiet_abandoned_reads():
+        mine, my_threads = sys.unraisablehook, threading.excepthook
+        with _quiet_background_failures():
             Raises(RuntimeError("Event loop is closed"))
-        assert sys.unraisablehook is mine and seen == []
+            assert absl.level == logging.CRITICAL
+        assert sys.unraisablehook is mine and threading.excepthook is my_threads and absl.level == level
+        assert seen == []
         with pytest.raises(OSError):
-            with _quiet_abandoned_reads():
+            with _quiet_background_failures():
                 raise OSError("a read failed")
         Raises(RuntimeError("Event loop is closed"))  # a read landing after the failure
         Raises(ValueError("something else"))
-        assert seen == ["something else"]
+        straggler = threading.Thread(target=lambda: 1 / 0)  # a writer thread failing after it
+        straggler.start()
+        straggler.join()
+        assert seen == ["something else"] and threads == []
     finally:
-        sys.unraisablehook = previous
+        sys.unraisablehook, threading.excepthook = previous, previous_threads
+        absl.setLevel(level)

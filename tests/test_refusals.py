@@ -62,11 +62,27 @@ def tampered_split(tmp, copy):
     (copy / "splits" / "class-3-default-seed0.npz").rename(copy / "splits" / "class-5-default-seed0.npz")
 
 
+HOLDERS: list[subprocess.Popen] = []
+"""Processes holding a lock for a case; ended after each test."""
+
+
+@pytest.fixture(autouse=True)
+def end_holders():
+    yield
+    while HOLDERS:
+        holder = HOLDERS.pop()
+        holder.kill()
+        holder.wait()
+
+
 def held_lock(tmp, copy):
-    """A run directory whose lock a live process of this host holds (this one)."""
+    """A run directory whose lock another live process holds."""
     (tmp / "w").mkdir()
-    (tmp / "w" / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
-                                                   "token": "x"}))
+    holder = subprocess.Popen([sys.executable, "-c", f"import time; from jaxunlearn.files import RunLock; "
+                               f"RunLock({str(tmp / 'w')!r}); print('held', flush=True); time.sleep(300)"],
+                              stdout=subprocess.PIPE, text=True)
+    HOLDERS.append(holder)
+    assert holder.stdout.readline().strip() == "held"
 
 
 def protocol_file(text: str):

@@ -60,10 +60,60 @@ class Dataset:
     validation_images: np.ndarray | None = None
     validation_labels: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        check_dataset(self)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of every image."""
         return tuple(self.train_images.shape[1:])
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """UserError unless `dataset` is what every run reads: uint8 images [N, H, W, C] of one shape in every set,
+    integer labels [N] in [0, num_classes) as many as the images, non-empty train and test sets, and a finite
+    mean and a positive std per channel. Float images are refused, not guessed at: scale them to uint8 first
+    (`np.round(images * 255).astype(np.uint8)` for values in [0, 1])."""
+    name = dataset.name
+    if not (isinstance(dataset.num_classes, (int, np.integer)) and dataset.num_classes >= 2):
+        raise UserError(f"dataset {name}: num_classes must be an integer >= 2, got {dataset.num_classes!r}")
+    sets = [("train", dataset.train_images, dataset.train_labels), ("test", dataset.test_images, dataset.test_labels)]
+    if (dataset.validation_images is None) != (dataset.validation_labels is None):
+        raise UserError(f"dataset {name}: validation images and labels go together")
+    if dataset.validation_images is not None:
+        sets.append(("validation", dataset.validation_images, dataset.validation_labels))
+    shape = None
+    for part, images, labels in sets:
+        dtype, image_shape = getattr(images, "dtype", None), tuple(getattr(images, "shape", ()))
+        if dtype != np.uint8:
+            raise UserError(f"dataset {name}: {part} images must be uint8 in [0, 255], got {dtype}"
+                            + ("; scale float images with np.round(images * 255).astype(np.uint8)"
+                               if dtype is not None and np.issubdtype(dtype, np.floating) else ""))
+        if len(image_shape) != 4:
+            raise UserError(f"dataset {name}: {part} images must be [N, H, W, C], got shape {image_shape}")
+        if shape is not None and image_shape[1:] != shape:
+            raise UserError(f"dataset {name}: {part} images are {image_shape[1:]}, train images {shape}; a model "
+                            f"needs one shape")
+        shape = shape or image_shape[1:]
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"dataset {name}: {part} labels must be integers [N], got {labels.dtype} "
+                            f"{labels.shape}")
+        if len(labels) != image_shape[0]:
+            raise UserError(f"dataset {name}: {image_shape[0]} {part} images but {len(labels)} labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= dataset.num_classes):
+            raise UserError(f"dataset {name}: {part} labels must be in [0, {dataset.num_classes}), got "
+                            f"{labels.min()}..{labels.max()}")
+    if len(dataset.train_labels) == 0 or len(dataset.test_labels) == 0:
+        raise UserError(f"dataset {name}: the train or the test set is empty")
+    channels = shape[-1]
+    for what, values in (("mean", dataset.mean), ("std", dataset.std)):
+        values = np.asarray(values, np.float64)
+        if values.shape != (channels,) or not np.all(np.isfinite(values)):
+            raise UserError(f"dataset {name}: {what} must be {channels} finite numbers (one per channel), got "
+                            f"{tuple(np.atleast_1d(values).tolist())}")
+    if np.any(np.asarray(dataset.std, np.float64) <= 0):
+        raise UserError(f"dataset {name}: std must be positive, got {tuple(dataset.std)}")
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
@@ -78,11 +128,6 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         dataset = _load_fashion_mnist(Path(data_dir or DEFAULT_FASHION_MNIST_DIR))
     else:
         dataset = _load_tfds(name, data_dir)
-    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
-        raise UserError(f"{name}: train images are {dataset.train_images.shape[1:]}, test images "
-                        f"{dataset.test_images.shape[1:]}; a model needs one shape")
-    if len(dataset.train_labels) == 0 or len(dataset.test_labels) == 0:
-        raise UserError(f"{name}: the train or the test split is empty")
     return dataset
 
 

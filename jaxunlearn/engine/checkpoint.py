@@ -7,13 +7,18 @@ latest loadable one.
 """
 
 import contextlib
+import errno
+import hashlib
 import json
+import logging
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxunlearn.engine.state import TrainState
@@ -32,17 +37,32 @@ def open_manager(run_dir: Path, *, keep: int = 2) -> ocp.CheckpointManager:
     )
 
 
+def tree_hash(tree: Any) -> str:
+    """SHA-256 of a pytree of arrays: every leaf's path, dtype, shape and bytes (host copies, in leaf order).
+    What identifies a model's parameters in the checkpoint metadata (`params_hash`)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, jax.Array) and leaf.is_fully_replicated:
+            leaf = leaf.addressable_data(0)  # this process's copy (in a multi-process run it has no other)
+        value = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
-    """Save the whole state under step `epoch` and wait until it is on disk."""
+    """Save the whole state under step `epoch` and wait until it is on disk; the metadata gains the hash of
+    the parameters (`tree_hash`), which identifies the model this checkpoint holds."""
     items = dict(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "extra": state.extra, "step": state.step}),
-        meta=ocp.args.JsonSave(meta),
+        meta=ocp.args.JsonSave({**meta, "params_hash": tree_hash(state.params)}),
     )
     if _has_leaves(state.batch_stats):  # a model without BatchNorm (ViT) has none, and Orbax saves no empty item
         items["batch_stats"] = ocp.args.StandardSave(state.batch_stats)
-    manager.save(epoch, args=ocp.args.Composite(**items))
-    manager.wait_until_finished()
+    with _quiet_background_failures():
+        manager.save(epoch, args=ocp.args.Composite(**items))
+        manager.wait_until_finished()
 
 
 def _has_leaves(tree: Any) -> bool:
@@ -58,25 +78,44 @@ def _abstract(tree: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_abandoned_reads() -> Iterator[None]:
-    """Drop the tracebacks of a failed read's abandoned siblings while Orbax reads a checkpoint.
+def _quiet_background_failures() -> Iterator[None]:
+    """Keep what Orbax's background work prints when a read or a write fails off the user's screen.
 
-    Orbax reads a checkpoint's arrays and metadata concurrently on an asyncio loop and closes the loop when one
-    read fails; the reads still in flight then complete into the closed loop, and Python reports each as an
-    unraisable RuntimeError("Event loop is closed"), some even after the caller's error message. Those reports
-    are dropped from the moment reading starts: after a failure for the rest of the process (the reads may
-    land any time), after a success the previous hook is back.
+    Orbax reads and writes a checkpoint's arrays concurrently, on an asyncio loop and in threads. When one fails
+    (a damaged checkpoint, a full disk) it closes the loop and the work still in flight completes into it:
+    Python reports each as an unraisable RuntimeError("Event loop is closed"), its threads end with their
+    tracebacks, and Orbax logs each failure, hundreds of lines, some after the caller's own one-line message.
+    While the block runs these are dropped (the caller reports the failure itself); after a failure for the
+    rest of the process, as the stragglers may land any time; after a success the previous hooks are back.
     """
-    previous = sys.unraisablehook
+    unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+    absl = logging.getLogger("absl")
+    level = absl.level
 
-    def hook(unraisable: Any) -> None:
-        if not (isinstance(unraisable.exc_value, RuntimeError)
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
+    def quiet_unraisable(report: Any) -> None:
+        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
+            unraisable(report)
 
-    sys.unraisablehook = hook
+    sys.unraisablehook = quiet_unraisable
+    threading.excepthook = lambda report: None
+    absl.setLevel(logging.CRITICAL)
     yield
-    sys.unraisablehook = previous
+    sys.unraisablehook, threading.excepthook = unraisable, thread_hook
+    absl.setLevel(level)
+
+
+def no_space(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it came from, is a full disk (errno ENOSPC, as Python or TensorStore
+    reports it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "os_error_code='28'" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) -> tuple[TrainState, dict]:
@@ -90,7 +129,7 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
     )
     if _has_leaves(like.batch_stats):
         items["batch_stats"] = ocp.args.StandardRestore(_abstract(like.batch_stats))
-    with _quiet_abandoned_reads():
+    with _quiet_background_failures():
         restored = manager.restore(epoch, args=ocp.args.Composite(**items))
     optimizer = restored["opt_state"]
     state = TrainState(
@@ -157,7 +196,7 @@ def restore_model(run_dir: Path, params: Any, batch_stats: Any) -> tuple[Any, An
         item_handlers={**handlers, "meta": ocp.JsonCheckpointHandler()},
     )
     try:
-        with _quiet_abandoned_reads():
+        with _quiet_background_failures():
             stored = manager.item_metadata(epoch)
             targets = {"params": params, **({"batch_stats": batch_stats} if _has_leaves(batch_stats) else {})}
             for name, target in targets.items():

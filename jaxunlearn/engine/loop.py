@@ -364,8 +364,9 @@ class _ManyModels:
 
 
 def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: DeviceData,
-        workdir: Path, meta: dict[str, Any], label: str, *, execution: Execution = Execution(),
-        save_every_seconds: float = 60.0, ensemble: Ensemble | None = None) -> tuple[TrainState, dict[str, Any]]:
+        workdir: Path, logs: tuple[Path, Path], meta: dict[str, Any], label: str, *,
+        execution: Execution = Execution(), save_every_seconds: float = 60.0,
+        ensemble: Ensemble | None = None) -> tuple[TrainState, dict[str, Any]]:
     """Run epochs until the method's rule stops it or `procedure.epochs` are done, data-parallel over
     `execution`'s devices (`data` may live anywhere: it is replicated onto them).
 
@@ -374,31 +375,44 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
 
     Resumes from the latest checkpoint of `workdir` if there is one. Saves a checkpoint at the end of an
     epoch once `save_every_seconds` have passed since the last one, and at the end of the run; appends one
-    JSON line per step to `workdir/metrics.jsonl` and one per epoch (its evaluation) to
-    `workdir/evaluations.jsonl`. Returns the final state and the metadata of
+    JSON line per step to `logs[0]` and one per epoch (its evaluation) to `logs[1]`, and cuts both back to
+    the checkpoint it resumes from (to nothing when there is none). Returns the final state and the metadata of
     its checkpoint (`epoch`, `finished`, `evaluation`, `seconds`, `steps`, plus `meta`); the state is
     this process's copy on one device. Only process 0 writes the logs; every process joins the saves.
     """
     runner = _OneModel(procedure, graphdef, data, execution, label) if ensemble is None else \
         _ManyModels(procedure, graphdef, data, execution, label, ensemble)
-    logs = Path(workdir) / "metrics.jsonl", Path(workdir) / "evaluations.jsonl"
     manager = checkpoint.open_manager(workdir)
     try:
         state, last = _resume(manager, runner, runner.place(state), meta, logs, label)
         if not last["finished"]:
             state, last = _run_epochs(procedure, runner, manager, state, last, meta, logs, workdir, label,
                                       save_every_seconds)
-    finally:
-        manager.close()
+    except BaseException as error:
+        try:
+            manager.close()
+        except Exception:  # after a failed save it may fail to close too: the error raised here is the one to see
+            pass
+        if isinstance(error, Exception) and checkpoint.no_space(error):
+            kept = manager.latest_step()
+            raise UserError(f"no space left on device to write {workdir}; " + (
+                f"its last complete checkpoint, epoch {kept}, is kept: free space and run the same command again "
+                f"to resume" if kept is not None else "no checkpoint had been saved yet")) from None
+        raise
+    manager.close()
     return runner.result(state), last
 
 
 def _resume(manager, runner, state, meta: dict[str, Any], logs: tuple[Path, Path],
             label: str) -> tuple[Any, dict[str, Any]]:
-    """The placed state and checkpoint metadata to continue from: the latest checkpoint's, with the logs cut
-    back to its step; or the given state before epoch 1."""
+    """The placed state and checkpoint metadata to continue from: the latest checkpoint's, or the given state
+    before epoch 1; the logs are cut back to its step (a run killed before its first checkpoint leaves lines
+    that no checkpoint holds)."""
     latest = manager.latest_step()
     if latest is None:
+        if is_main_process():
+            for path in logs:
+                _truncate_log(path, 0)
         return state, {**meta, "epoch": 0, "finished": False, "evaluation": {}, "seconds": 0.0, "steps": 0}
     restored, last = checkpoint.restore_state(manager, latest, runner.saved(state))
     checkpoint.check_run_meta(last, f"{manager.directory} step {latest}")

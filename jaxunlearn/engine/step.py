@@ -6,12 +6,14 @@ The harness's step (`make_train_step`) is the same update on batches gathered fr
 dataset by index.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -134,8 +136,40 @@ def _update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: L
     return update
 
 
+def check_batch(batch: Any) -> None:
+    """TypeError unless `batch` is a `Batch`: role → (float images [B, H, W, C], integer labels [B]) with one
+    B per role. Shapes and dtypes are static, so under jit this runs once, at trace time."""
+    if not isinstance(batch, dict) or not batch:
+        raise TypeError(f"a batch is a dict role → (images, labels), got {type(batch).__name__}")
+    for role, pair in batch.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"batch[{role!r}] must be a pair (images, labels), got {type(pair).__name__}")
+        images, labels = (jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in pair)
+        if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(f"batch[{role!r}] images must be normalised floats [B, H, W, C], got "
+                            f"{images.dtype}{list(images.shape)} (uint8 images: normalise them first)")
+        if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(f"batch[{role!r}] labels must be integers [B], got {labels.dtype}{list(labels.shape)}")
+        if labels.shape[0] != images.shape[0]:
+            raise TypeError(f"batch[{role!r}] holds {images.shape[0]} images but {labels.shape[0]} labels")
+
+
+def _check_label_range(role: str, classes: int, low: Any, high: Any) -> None:
+    if int(np.min(low)) < 0 or int(np.max(high)) >= classes:
+        raise ValueError(f"batch[{role!r}] labels must be in [0, {classes}), got {int(np.min(low))}.."
+                         f"{int(np.max(high))}")
+
+
+def check_label_values(batch: Batch, num_classes: int) -> None:
+    """Inside a compiled step: raise (from a host callback that receives each role's smallest and largest
+    label) when a role's labels fall outside [0, num_classes), where the cross-entropy would silently be NaN."""
+    for role, (_, labels) in batch.items():
+        jax.debug.callback(functools.partial(_check_label_range, role, num_classes), jnp.min(labels),
+                           jnp.max(labels))
+
+
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, *,
-              axis: Backend | None = None) -> Callable[..., tuple[TrainState, Metrics]]:
+              axis: Backend | None = None, check_labels: bool = True) -> Callable[..., tuple[TrainState, Metrics]]:
     """The pure step `step(state, batch, aux=None, columns=None, epoch=0) → (state, metrics)`.
 
     graphdef: from `nnx.split(model, nnx.Param, nnx.BatchStat)`; state: `create_state(params, batch_stats,
@@ -149,6 +183,11 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn:
     itself. axis="shard_map" or "pmap": call it per device inside the caller's `jax.shard_map` or `jax.pmap`
     over `DATA_AXIS`, each device holding its shard of the batch and a replica of the state; the update is
     that of the loss averaged over the global batch, identical on every device.
+
+    The batch's structure, shapes and dtypes are checked when the step is traced (`check_batch`: a TypeError
+    naming the problem). check_labels: also check the label values against the model's number of classes
+    inside the step, raising from a host callback that receives the smallest and largest label of each role
+    (two scalars copied to the host per step; pass False to skip it).
     """
     if axis not in (None, "shard_map", "pmap"):
         raise ValueError(f"axis must be None, 'shard_map' or 'pmap', got {axis!r}")
@@ -156,6 +195,9 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn:
 
     def step(state: TrainState, batch: Batch, aux: Any = None, columns: dict[str, jax.Array] | None = None,
              epoch: int | jax.Array = 0) -> tuple[TrainState, Metrics]:
+        check_batch(batch)
+        if check_labels:
+            check_label_values(batch, _num_classes(graphdef, state, batch))
         columns = {} if columns is None else columns
         epoch = jnp.asarray(epoch, jnp.int32)
         if axis is not None:
@@ -165,6 +207,14 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn:
         return jax.tree.map(lambda x: x[0], per_device(state, one_device(batch), one_device(columns), aux, epoch))
 
     return step
+
+
+def _num_classes(graphdef: nnx.GraphDef, state: TrainState, batch: Batch) -> int:
+    """The number of classes the model predicts: the width of its logits on one image (shapes only)."""
+    images = next(iter(batch.values()))[0]
+    logits, _ = jax.eval_shape(lambda p, b, x: nnx.merge(graphdef, p, b, copy=True)(x, train=False),
+                               state.params, state.batch_stats, images[:1])
+    return logits.shape[-1]
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,

@@ -147,6 +147,8 @@ def _check_confidences(unlearned: np.ndarray, retrained: np.ndarray) -> tuple[np
                          f"and {retrained.shape}")
     if unlearned.shape[0] < 2:
         raise ValueError(f"the challenge score needs at least 2 models per side, got {unlearned.shape[0]}")
+    if unlearned.shape[1] == 0:
+        raise ValueError("the challenge score needs at least one forget example, got [N, 0] confidences")
     if not (np.all(np.isfinite(unlearned)) and np.all(np.isfinite(retrained))):
         raise ValueError("logit-scaled confidences must be finite")
     return unlearned, retrained
