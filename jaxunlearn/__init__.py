@@ -8,7 +8,7 @@ Every other module and every name starting with an underscore is internal and ma
 __version__ = "0.2.0"
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
-from jaxunlearn.data import Dataset, ForgetSpec, Split, load_dataset, make_split, parse_forget
+from jaxunlearn.data import Dataset, ForgetSpec, Split, load_dataset, make_split, parse_forget, register_dataset
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.engine.step import DATA_AXIS, LossFn, StepContext, make_step
@@ -28,5 +28,5 @@ __all__ = [
     "TrainConfig", "TrainState", "UnlearnConfig", "UserError", "__version__", "challenge_epsilons",
     "contrastive_objective", "contrastive_unlearning_loss", "create_model", "create_state", "cross_entropy",
     "evaluate", "evaluate_model", "forget_quality", "get_method", "load_dataset", "make_split", "make_step",
-    "parse_forget", "register", "register_model", "supervised_loss", "train", "unlearn",
+    "parse_forget", "register", "register_dataset", "register_model", "supervised_loss", "train", "unlearn",
 ]

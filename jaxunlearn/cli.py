@@ -6,6 +6,7 @@ Bad input prints one line `jaxunlearn: error: ...` and exits with status 2.
 """
 
 import argparse
+import importlib
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxunlearn.config import MAX_COUNT, SupervisedHparams, TrainConfig, UnlearnConfig, parse_assignments
+from jaxunlearn.data.placement import PLACEMENTS
 from jaxunlearn.data.splits import PAIRINGS, parse_forget
 from jaxunlearn.engine.parallel import (BACKENDS, COORDINATOR_TIMEOUT, EPOCH_LOOPS, Execution, initialize_distributed,
                                          is_main_process)
@@ -71,6 +73,10 @@ def _add_execution_flags(parser: argparse.ArgumentParser, *, conv: bool = True) 
                             "(default %(default)s)")
     group.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() with auto-detection (Cloud TPU, SLURM, MPI)")
+    group.add_argument("--data-placement", choices=PLACEMENTS, default="auto",
+                       help="device: the dataset on every device; stream: each process reads its rows of every "
+                            "batch ahead of the step; auto (default): device when it takes at most half the free "
+                            "device memory")
 
 
 MODEL_HELP = "resnet18 | resnet34 | resnet50 | resnet101 | vit_small (default resnet18)"
@@ -81,6 +87,9 @@ PRECISION_HELP = "f32, or bf16: bfloat16 forward and backward passes, float32 pa
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxunlearn", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): your methods, models and datasets register "
+                             "themselves there and every command can use them; the working directory is searched")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     defaults = SupervisedHparams()
 
@@ -95,6 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-size", type=_integer, help="evaluate on a fixed stratified subset of about N images")
     train.add_argument("--validation-size", type=_integer,
                        help="hold out a fixed stratified set of about N training images that no run trains on")
+    train.add_argument("--eval-sample", type=_integer,
+                       help="evaluate every run of this original on at most N images of each part (a fixed sample)")
     train.add_argument("--epochs", type=_integer, default=defaults.epochs)
     train.add_argument("--batch-size", type=_integer, default=defaults.batch_size)
     train.add_argument("--lr", type=_finite, default=defaults.learning_rate)
@@ -223,7 +234,7 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, seed=args.seed,
         train_size=args.train_size, test_size=args.test_size, depth=args.depth, precision=args.precision,
-        validation_size=args.validation_size, recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        validation_size=args.validation_size, eval_sample=args.eval_sample, recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay),
     )
     metrics = train(config, args.workdir, execution=_execution(args), save_every_seconds=args.save_every)
@@ -235,7 +246,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _execution(args: argparse.Namespace) -> Execution:
     return Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop, conv=args.conv,
-                     models_per_device=getattr(args, "models_per_device", None))
+                     models_per_device=getattr(args, "models_per_device", None), data_placement=args.data_placement)
 
 
 def _unlearn(args: argparse.Namespace) -> None:
@@ -382,6 +393,20 @@ def _configure_libraries() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import each of `modules` (from the working directory or the Python path): a user's methods
+    (`jaxunlearn.register`), models (`register_model`) and datasets (`register_dataset`) register themselves
+    when imported. UserError for a module that cannot be imported, in one line."""
+    if modules and "" not in sys.path:
+        sys.path.insert(0, "")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # the user's code: any error is its own
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise UserError(f"plugin {name} fails to import: {type(error).__name__}: {detail}") from None
+
+
 def check_xla_flags() -> None:
     """UserError when XLA_FLAGS is set and XLA would refuse it: XLA reads it when JAX starts and aborts the
     process with a fatal log line. A short process that starts JAX on the CPU with the same flags tells first
@@ -416,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench": _bench, "experiment": _experiment, "audit": _audit,
                 "ulira": _ulira}
     try:
+        load_plugins(args.plugin)
         check_xla_flags()
         if "coordinator" in args:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,

@@ -7,6 +7,8 @@ import types
 import typing
 from typing import Any, Literal
 
+from jaxunlearn.data.dataset import Dataset
+from jaxunlearn.data.sources import IMPORT_PATH, register_dataset
 from jaxunlearn.data.splits import ForgetSpec, Pairing, parse_forget
 from jaxunlearn.errors import UserError
 from jaxunlearn.models.registry import MODELS, PRECISIONS
@@ -67,7 +69,10 @@ class SupervisedHparams(Hparams):
 class TrainConfig:
     """`jaxunlearn train`: the original model.
 
-    dataset: "digits", "fashion_mnist", or a TFDS name prepared under data_dir.
+    dataset: "digits", "fashion_mnist", a dataset registered with `register_dataset`, an import path
+      "module:function" returning a `Dataset`, or a TFDS name prepared under data_dir; or a `Dataset` itself,
+      which is then registered under its name in this process (register it, or use an import path, for
+      commands run in other processes).
     train_size, test_size: use a fixed stratified subset of about this many images (None: all), for
       CPU-scale experiments; see `jaxunlearn.data.sources.stratified_subset`.
     validation_size: hold out a fixed stratified set of about this many training images (None: none), on
@@ -78,6 +83,10 @@ class TrainConfig:
       depth sets a ViT's number of blocks (None: 12).
     precision: "f32", or "bf16" for bfloat16 forward and backward passes (parameters, optimizer state,
       BatchNorm statistics and the loss stay float32).
+    eval_sample: evaluate every run of this original on at most this many images of each part (the forget
+      set, the retain set, the test and validation sets): a fixed random sample, the same for every run,
+      recorded as `eval_sample` in the metrics; None evaluates every image. For data too large to evaluate
+      whole at every epoch.
     """
 
     dataset: str = "digits"
@@ -91,12 +100,19 @@ class TrainConfig:
     depth: int | None = None
     precision: str = "f32"
     validation_size: int | None = None
+    eval_sample: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dataset, Dataset):
+            register_dataset(self.dataset.name, lambda data_dir, dataset=self.dataset: dataset, replace=True)
+            object.__setattr__(self, "dataset", self.dataset.name)
 
     def validate(self) -> None:
         """UserError for a value out of range (the dataset's own sizes are checked when it is loaded)."""
-        if not DATASET_NAME.fullmatch(self.dataset):
-            raise UserError(f"dataset must be a name (digits, fashion_mnist or a TFDS name such as cifar10), "
-                            f"got {self.dataset!r}; a directory goes in `data_dir`")
+        if not (DATASET_NAME.fullmatch(self.dataset) or IMPORT_PATH.fullmatch(self.dataset)):
+            raise UserError(f"dataset must be a name (digits, fashion_mnist, a registered dataset or a TFDS name "
+                            f"such as cifar10) or an import path module:function, got {self.dataset!r}; a "
+                            f"directory goes in `data_dir`")
         if not (math.isfinite(self.width) and 0 < self.width <= MAX_WIDTH):
             raise UserError(f"width must be in (0, {MAX_WIDTH}], got {self.width}")
         if not 0 <= self.seed < 2**32:
@@ -104,7 +120,7 @@ class TrainConfig:
         if self.model not in MODELS:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         check_precision(self.precision)
-        for name in ("train_size", "test_size", "depth", "validation_size"):
+        for name in ("train_size", "test_size", "depth", "validation_size", "eval_sample"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.recipe.validate()

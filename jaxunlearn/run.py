@@ -17,7 +17,7 @@ Layout (every file name is here):
 back lazily and keeps what it read: its configuration, the latest checkpoint's metadata, the split (checked
 against the hash config.json records), the dataset and its device copy, and the latest model, restored once.
 The dataset and its device copy are shared by every Run of one dataset in the process (`training_data`,
-`device_data`), so evaluating a run against its original and its reference, or reporting many runs, loads
+`jaxunlearn.data.placement.resident_data`), so evaluating a run against its original and its reference, or reporting many runs, loads
 the data once.
 """
 
@@ -38,7 +38,9 @@ from jax.experimental import multihost_utils
 
 from jaxunlearn.config import TrainConfig, UnlearnConfig, to_json, train_config_from_json
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.data.sources import Dataset, load_dataset, stratified_subset
+from jaxunlearn.data.placement import StreamedData, choose_placement, place_data
+from jaxunlearn.data.dataset import Dataset, stratified_subset
+from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import Split, load_split, save_split
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.parallel import AXIS, is_main_process
@@ -73,10 +75,6 @@ def _training_data(name: str, data_dir: str | None, train_size: int | None, test
     return stratified_subset(dataset, train_size, test_size, validation_size)
 
 
-@functools.lru_cache(maxsize=4)
-def device_data(dataset: Dataset) -> DeviceData:
-    """`dataset` on the default device, placed once per process."""
-    return DeviceData.from_dataset(dataset)
 
 
 def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed: int | None = None,
@@ -207,11 +205,19 @@ class Run:
 
     @property
     def dataset(self) -> Dataset:
-        return training_data(self.train_config, self.data_dir)
+        """The data the run's model was trained on, checked against the fingerprint its config.json records
+        (a dataset rebuilt from its name or import path must be the same data)."""
+        dataset = training_data(self.train_config, self.data_dir)
+        recorded = self.config.get("dataset_fingerprint")
+        if recorded is not None and recorded != dataset.fingerprint:
+            raise UserError(f"{self.path}: dataset {self.train_config.dataset} is not the data this run's model was "
+                            f"trained on (its fingerprint differs from the one in {CONFIG_FILE})")
+        return dataset
 
     @property
-    def data(self) -> DeviceData:
-        return device_data(self.dataset)
+    def data(self) -> "DeviceData | StreamedData":
+        """The dataset on the devices when it fits (`choose_placement` "auto"), streamed otherwise."""
+        return place_data(self.dataset, choose_placement(self.dataset, "auto")[0])
 
     @functools.cached_property
     def _model(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -429,10 +435,10 @@ def _refuse_inside_a_run(path: Path) -> None:
 
 def same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
     """Whether the configuration recorded in a run directory and `config` make the same run
-    (`canonical_config`). A run recorded before runs recorded their original's identity is compared
-    without it."""
-    if "source_identity" not in stored:
-        config = {key: value for key, value in config.items() if key != "source_identity"}
+    (`canonical_config`). A run recorded before runs recorded their original's identity or their dataset's
+    fingerprint is compared without them."""
+    config = {key: value for key, value in config.items()
+              if key in stored or key not in ("source_identity", "dataset_fingerprint")}
     return canonical_config(stored) == canonical_config(config)
 
 

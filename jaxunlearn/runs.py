@@ -7,6 +7,7 @@ before it writes anything, and hands a `Procedure` to the one loop (`jaxunlearn.
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import jax
 import numpy as np
 
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
-from jaxunlearn.data.sources import Dataset
+from jaxunlearn.data.dataset import Dataset
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.data.placement import StreamedData, choose_placement, place_data, sample_rows
 from jaxunlearn.data.splits import (ForgetSpec, Pairing, Split, index_hash, load_split, make_split, save_indices,
                                     save_split)
 from jaxunlearn.engine import checkpoint
@@ -25,8 +28,8 @@ from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.errors import UserError
-from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, split_parts,
-                                           whole_sets)
+from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, sampled,
+                                           split_parts, whole_sets)
 from jaxunlearn.evaluation.model import evaluate_model_outputs
 from jaxunlearn.evaluation.divergence import tree_l2_distance
 from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
@@ -34,8 +37,8 @@ from jaxunlearn.evaluation.suite import reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
-from jaxunlearn.run import (MODEL_SPLITS_DIR, SUBSETS_FILE, Run, as_run, check_same_source, config_hash, device_data, model_state,
-                            split_name, training_data)
+from jaxunlearn.run import (MODEL_SPLITS_DIR, SUBSETS_FILE, Run, as_run, config_hash, model_state, split_name,
+                            training_data)
 
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
@@ -49,7 +52,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     seeds: train len(seeds) models side by side in one run (`jaxunlearn.engine.ensemble`), model k from seed
       seeds[k] (its initialisation and data order), each on all training images or, with `subsets` (int
       [K, n] train indices, saved as subsets.npz), on its row. The result (metrics.json) is then
-      {"seeds", "models": one metrics dict per model, "seconds", "steps", "epochs"}.
+      {"seeds", "models": one metrics dict per model, "seconds", "compile_seconds", "steps", "epochs"}.
     """
     config.validate()
     _check_save_every(save_every_seconds)
@@ -66,7 +69,8 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
     if ensemble is not None:
         stack_plans(first)
-    run_config = {"kind": "train", "config": to_json(config), **_models_config(seeds, subsets=subsets)}
+    run_config = {"kind": "train", "config": to_json(config), "dataset_fingerprint": dataset.fingerprint,
+                  **_models_config(seeds, subsets=subsets)}
     if (finished := Run(workdir).finished_metrics(run_config)) is not None:
         return finished
     check_memory(config, dataset, len(members))
@@ -79,10 +83,10 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         if subsets is not None and is_main_process() and not (run.path / SUBSETS_FILE).exists():
             save_indices(run.path / SUBSETS_FILE, np.asarray(subsets))
 
-        data = device_data(dataset)
+        data = _placed(dataset, execution, ensemble)
         tx, schedule = supervised_optimizer(config.recipe, steps_in(first[0]))
         predict = make_predictor(graphdef, data.mean, data.std)
-        held_out_sets = whole_sets(dataset)
+        held_out_sets = whole_sets(dataset, config.eval_sample)
         procedure = Procedure(
             loss_fn=supervised_loss, tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
             evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, host_labels(dataset),
@@ -95,7 +99,7 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, host_labels(dataset),
-            {"train": ("train", pools[k]), **held_out_sets}))
+            {**sampled({"train": ("train", pools[k])}, config.eval_sample), **held_out_sets}), config.eval_sample)
         run.write_metrics(metrics)
         return metrics
 
@@ -122,6 +126,20 @@ def check_memory(config: TrainConfig, dataset: Dataset, models: int = 1) -> None
         raise UserError(f"{models} × {config.model} at width {config.width} need at least {needed / 2**30:.1f} GiB "
                         f"(parameters, gradients, optimizer state), more than the {available / 2**30:.1f} GiB "
                         f"free on the {where}")
+
+
+def _placed(dataset: Dataset, execution: Execution, ensemble: Ensemble | None) -> "DeviceData | StreamedData":
+    """The run's data in the placement `execution` asks for ("auto" resolved), said on stderr. A run of several
+    models keeps its data on the devices."""
+    placement, why = choose_placement(dataset, execution.data_placement)
+    if ensemble is not None and placement == "stream":
+        if execution.data_placement == "stream":
+            raise UserError("runs of several models keep their data on the devices; `data_placement` stream is "
+                            "for runs of one model")
+        placement, why = "device", f"device (runs of several models keep their data on the devices; {why})"
+    if is_main_process():
+        print(f"data: {dataset.name}, {why}", file=sys.stderr, flush=True)
+    return place_data(dataset, placement)
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -182,10 +200,12 @@ def _stacked(states: Sequence[TrainState], ensemble: Ensemble | None) -> TrainSt
 
 
 def _final_metrics(state: TrainState, ensemble: Ensemble | None, seeds: Sequence[int] | None,
-                   last: dict[str, Any], evaluate: Callable[[int, TrainState], dict[str, float]]) -> dict[str, Any]:
+                   last: dict[str, Any], evaluate: Callable[[int, TrainState], dict[str, float]],
+                   eval_sample: int | None) -> dict[str, Any]:
     """metrics.json of a run: the model's metrics, or one dict per model under "models"; with the run's
     seconds, steps and epochs."""
-    totals = {"seconds": last["seconds"], "steps": last["steps"], "epochs": last["epoch"]}
+    totals = {"seconds": last["seconds"], "compile_seconds": last.get("compile_seconds", 0.0), "steps": last["steps"],
+              "epochs": last["epoch"], **({} if eval_sample is None else {"eval_sample": eval_sample})}
     if ensemble is None:
         return {**evaluate(0, state), **totals}
     models = [evaluate(k, take(state, k)) for k in range(ensemble.count)]
@@ -259,6 +279,7 @@ def unlearn_run_config(config: UnlearnConfig, source: str | Path, splits: Sequen
     return {"kind": "unlearn", "source": str(Path(source).absolute()), "config": to_json(config),
             "train_config": to_json(original), "hparams": dataclasses.asdict(resolve_hparams(config, original)),
             "source_identity": as_run(source).identity(),
+            **{key: value for key, value in as_run(source).config.items() if key == "dataset_fingerprint"},
             **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
             **_models_config(seeds, splits=splits if per_model_splits else None)}
 
@@ -322,7 +343,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         if obtained:
             keep_split(source, splits[0])
 
-        data = device_data(dataset)
+        data = _placed(dataset, execution, ensemble)
         fresh = lambda: model_state(original, dataset, initialise=True, seed=original.seed + 1)[1:]
         steps_per_epoch = [steps_in(plans[0](epoch)) for epoch in range(hparams.epochs)]
         states, auxes, tx, schedule = [], [], None, None
@@ -336,7 +357,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             states.append(create_state(params, batch_stats, model_tx, extra))
             auxes.append(aux)
         predict = make_predictor(graphdef, data.mean, data.std)
-        parts = [split_parts(split, dataset.test_labels, dataset.validation_labels) for split in splits]
+        parts = [split_parts(split, dataset.test_labels, dataset.validation_labels, original.eval_sample)
+                 for split in splits]
         monitored = [{name: part for name, part in model_parts.items() if name != "retain_train"}
                      for model_parts in parts]
         labels = host_labels(dataset)
@@ -352,7 +374,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
                           (run.step_log_path, run.epoch_log_path), meta, config.method,
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
         metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
-            predict, model.params, model.batch_stats, data, labels, parts[k]))
+            predict, model.params, model.batch_stats, data, labels, parts[k]), original.eval_sample)
         run.write_metrics(metrics)
         return metrics
 
@@ -382,11 +404,11 @@ def _reference_run(reference: Run, run: Run, split: Split) -> None:
     """UserError unless `reference` holds the same model and split as the evaluated run."""
     if reference.train_config != run.train_config:
         raise UserError(f"reference {reference.path} holds another model or dataset than the evaluated run")
-    if run.kind == "unlearn" and os.path.realpath(reference.config.get("source", "")) != \
-            os.path.realpath(run.config["source"]):
-        raise UserError(f"reference {reference.path} unlearned another original than the evaluated run")
     if reference.config.get("split_hash") != split.content_hash():
         raise UserError(f"reference {reference.path} forgot another split than the evaluated run ({split.spec})")
+    if run.kind == "unlearn" and os.path.realpath(reference.config["source"]) != \
+            os.path.realpath(run.config["source"]):
+        raise UserError(f"reference {reference.path} unlearned another original than the evaluated run")
 
 
 def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference: str | Path | Run | None = None,
@@ -412,25 +434,29 @@ def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference
         _reference_run(reference, run, split)
     dataset, data, predict = run.dataset, run.data, run.predict
     graphdef, params, batch_stats = run.model()
+    eval_sample = run.train_config.eval_sample
     metrics, outputs = evaluate_model_outputs(graphdef, params, batch_stats, dataset, split, data=data,
-                                              predict=predict)
+                                              predict=predict, eval_sample=eval_sample)
     if split is not None:
         _, original_params, original_stats = (original or source or run).model()  # a training run is its own
         metrics["l2_to_original"] = tree_l2_distance(params, original_params)
-        original_logits, _ = predict(original_params, original_stats, data.train_images, split.forget)
-        target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[split.forget]))
-        steps, capped = relearn_steps(graphdef, params, batch_stats, data, split.forget, target, relearn)
+        forget = sample_rows(split.forget, eval_sample)
+        original_logits = part_outputs(predict, original_params, original_stats, data,
+                                       {"forget": ("train", forget)})["forget"][0]
+        target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[forget]))
+        steps, capped = relearn_steps(graphdef, params, batch_stats, data, forget, target, relearn)
         metrics.update(relearn_steps=steps, relearn_capped=capped, relearn_target_acc=target)
         if reference is not None:
             _, reference_params, reference_stats = reference.model()
-            compared = {name: part for name, part in split_parts(split, dataset.test_labels).items()
+            compared = {name: part for name, part in split_parts(split, dataset.test_labels, at_most=eval_sample).items()
                         if name in ("forget_train", "test")}
             reference_outputs = part_outputs(predict, reference_params, reference_stats, data, compared)
             metrics.update(reference_metrics(outputs, reference_outputs))
             metrics["l2_to_reference"] = tree_l2_distance(params, reference_params)
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())
     meta = run.meta
-    metrics.update(seconds=meta.get("seconds", 0.0), steps=meta.get("steps", 0), epochs=meta["epoch"])
+    metrics.update(seconds=meta.get("seconds", 0.0), compile_seconds=meta.get("compile_seconds", 0.0),
+                   steps=meta.get("steps", 0), epochs=meta["epoch"])
     with run.writing():
         run.write_metrics(metrics, split)
     return metrics
@@ -440,4 +466,6 @@ def run_embeddings(run: str | Path | Run, index_sets: list[np.ndarray]) -> list[
     """Eval-mode embeddings [n, D] of the run's latest model for each set of train indices."""
     run = as_run(run)
     _, params, batch_stats = run.model()
-    return [run.predict(params, batch_stats, run.data.train_images, indices)[1] for indices in index_sets]
+    outputs = part_outputs(run.predict, params, batch_stats, run.data,
+                           {str(k): ("train", indices) for k, indices in enumerate(index_sets)})
+    return [outputs[str(k)][1] for k in range(len(index_sets))]

@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxunlearn.data import load_dataset
-from jaxunlearn.data.sources import DEFAULT_FASHION_MNIST_DIR, stratified_subset
+from jaxunlearn.data.dataset import stratified_subset
+from jaxunlearn.data.sources import DEFAULT_FASHION_MNIST_DIR
 from jaxunlearn.errors import UserError
 
 OFFICIAL_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -208,7 +208,7 @@ def test_two_models_vmapped_step_like_one_and_the_state_survives_a_checkpoint(na
     checkpoint.save(manager, 1, single_state, {"epoch": 1})
     restored, meta = checkpoint.restore_state(manager, 1, single_state)
     manager.close()
-    assert meta == {"epoch": 1}
+    assert meta == {"epoch": 1, "params_hash": checkpoint.tree_hash(single_state.params)}
     for a, b in zip(jax.tree.leaves(single_state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
 

@@ -1,6 +1,8 @@
-"""Datasets held in host memory and forget/retain splits of their training sets."""
+"""Datasets (any random-access source of uint8 images, checked where they enter), where they come from, their
+placement on the devices, and forget/retain splits of their training sets."""
 
-from jaxunlearn.data.sources import BUILTIN_DATASETS, Dataset, load_dataset
+from jaxunlearn.data.dataset import Dataset, ImageSource, stratified_subset
+from jaxunlearn.data.sources import BUILTIN_DATASETS, DATASETS, load_dataset, register_dataset
 from jaxunlearn.data.splits import (
     PAIRINGS,
     ForgetSpec,
@@ -13,13 +15,17 @@ from jaxunlearn.data.splits import (
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DATASETS",
     "PAIRINGS",
     "Dataset",
     "ForgetSpec",
+    "ImageSource",
     "Split",
     "load_dataset",
     "load_split",
     "make_split",
     "parse_forget",
+    "register_dataset",
     "save_split",
+    "stratified_subset",
 ]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.data.sources import Dataset
+from jaxunlearn.data.dataset import Dataset, read_images
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,17 @@ class DeviceData:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> "DeviceData":
+        """Every set of `dataset` on the default device (a source read by index is read whole first)."""
+        whole = lambda source: jax.device_put(source if isinstance(source, np.ndarray)
+                                              else read_images(source, np.arange(len(source))))
         return cls(
-            train_images=jax.device_put(dataset.train_images),
+            train_images=whole(dataset.train_images),
             train_labels=jax.device_put(dataset.train_labels.astype(np.int32)),
-            test_images=jax.device_put(dataset.test_images),
+            test_images=whole(dataset.test_images),
             test_labels=jax.device_put(dataset.test_labels.astype(np.int32)),
             mean=tuple(dataset.mean),
             std=tuple(dataset.std),
-            validation_images=None if dataset.validation_images is None else jax.device_put(dataset.validation_images),
+            validation_images=None if dataset.validation_images is None else whole(dataset.validation_images),
         )
 
 

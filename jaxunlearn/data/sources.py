@@ -1,22 +1,27 @@
-"""Image-classification datasets loaded whole into host memory as uint8 arrays.
+"""Where datasets come from: the built-in loaders, the user's registered datasets, and import paths.
 
-Built-in sources: ``digits`` (scikit-learn's bundled copy, always available offline)
-and ``fashion_mnist`` (gzip'd IDX files, e.g. from Debian's ``dataset-fashion-mnist``).
-Any other name is read from a TFDS dataset prepared in array_record format.
+`load_dataset(name)` resolves, in this order: a dataset registered with `register_dataset` (or by a plugin),
+the built-ins ``digits`` (scikit-learn's bundled copy, always available offline) and ``fashion_mnist``
+(gzip'd IDX files, e.g. from Debian's ``dataset-fashion-mnist``), an import path ``module:function`` (the
+function returns a `Dataset`; the module must be importable from the working directory or the Python path),
+and any other name as a TFDS dataset prepared in array_record format.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import zlib
+import importlib
+import inspect
 import re
-from dataclasses import dataclass
+import sys
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from jaxunlearn.data.dataset import Dataset, channel_mean_std, stratified_mask
 from jaxunlearn.errors import UserError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "fashion_mnist")
@@ -40,149 +45,73 @@ _FASHION_MNIST_FILES = {
 _FASHION_MNIST_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass a `data_dir`"
 
 
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """Whole dataset held in host memory.
+DatasetFactory = Callable[[str | None], Dataset]
+"""(data_dir or None) → Dataset: how a registered dataset is built."""
 
-    Images are uint8 [N, H, W, C]; labels int32 [N]. ``mean``/``std`` are per-channel,
-    in [0, 1] pixel units (applied after dividing by 255). ``validation_images``/``validation_labels``
-    [V, ...]: training images held out of the train set (`stratified_subset`), None when none are.
-    """
+DATASETS: dict[str, DatasetFactory] = {}
+"""The datasets registered by name (`register_dataset`), besides the built-ins."""
 
-    name: str
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    validation_images: np.ndarray | None = None
-    validation_labels: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        check_dataset(self)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of every image."""
-        return tuple(self.train_images.shape[1:])
+IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+"""A dataset given as an import path: "my_module:make_dataset" or "package.module:function"."""
 
 
-def check_dataset(dataset: Dataset) -> None:
-    """UserError unless `dataset` is what every run reads: uint8 images [N, H, W, C] of one shape in every set,
-    integer labels [N] in [0, num_classes) as many as the images, non-empty train and test sets, and a finite
-    mean and a positive std per channel. Float images are refused, not guessed at: scale them to uint8 first
-    (`np.round(images * 255).astype(np.uint8)` for values in [0, 1])."""
-    name = dataset.name
-    if not (isinstance(dataset.num_classes, (int, np.integer)) and dataset.num_classes >= 2):
-        raise UserError(f"dataset {name}: num_classes must be an integer >= 2, got {dataset.num_classes!r}")
-    sets = [("train", dataset.train_images, dataset.train_labels), ("test", dataset.test_images, dataset.test_labels)]
-    if (dataset.validation_images is None) != (dataset.validation_labels is None):
-        raise UserError(f"dataset {name}: validation images and labels go together")
-    if dataset.validation_images is not None:
-        sets.append(("validation", dataset.validation_images, dataset.validation_labels))
-    shape = None
-    for part, images, labels in sets:
-        dtype, image_shape = getattr(images, "dtype", None), tuple(getattr(images, "shape", ()))
-        if dtype != np.uint8:
-            raise UserError(f"dataset {name}: {part} images must be uint8 in [0, 255], got {dtype}"
-                            + ("; scale float images with np.round(images * 255).astype(np.uint8)"
-                               if dtype is not None and np.issubdtype(dtype, np.floating) else ""))
-        if len(image_shape) != 4:
-            raise UserError(f"dataset {name}: {part} images must be [N, H, W, C], got shape {image_shape}")
-        if shape is not None and image_shape[1:] != shape:
-            raise UserError(f"dataset {name}: {part} images are {image_shape[1:]}, train images {shape}; a model "
-                            f"needs one shape")
-        shape = shape or image_shape[1:]
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise UserError(f"dataset {name}: {part} labels must be integers [N], got {labels.dtype} "
-                            f"{labels.shape}")
-        if len(labels) != image_shape[0]:
-            raise UserError(f"dataset {name}: {image_shape[0]} {part} images but {len(labels)} labels")
-        if labels.size and (labels.min() < 0 or labels.max() >= dataset.num_classes):
-            raise UserError(f"dataset {name}: {part} labels must be in [0, {dataset.num_classes}), got "
-                            f"{labels.min()}..{labels.max()}")
-    if len(dataset.train_labels) == 0 or len(dataset.test_labels) == 0:
-        raise UserError(f"dataset {name}: the train or the test set is empty")
-    channels = shape[-1]
-    for what, values in (("mean", dataset.mean), ("std", dataset.std)):
-        values = np.asarray(values, np.float64)
-        if values.shape != (channels,) or not np.all(np.isfinite(values)):
-            raise UserError(f"dataset {name}: {what} must be {channels} finite numbers (one per channel), got "
-                            f"{tuple(np.atleast_1d(values).tolist())}")
-    if np.any(np.asarray(dataset.std, np.float64) <= 0):
-        raise UserError(f"dataset {name}: std must be positive, got {tuple(dataset.std)}")
+def register_dataset(name: str, factory: DatasetFactory, *, replace: bool = False) -> DatasetFactory:
+    """Make `factory(data_dir)` the dataset `name` for every command and library call (`TrainConfig(dataset=
+    name)`, `--dataset name` once the module that registers it is loaded with `--plugin`). A name already
+    registered, or a built-in, is refused unless `replace` (a notebook cell run again)."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+        raise UserError(f"a dataset's name is letters, digits and _, got {name!r}")
+    if name in BUILTIN_DATASETS:
+        raise UserError(f"{name} is a built-in dataset; give yours a name of its own")
+    if name in DATASETS and not replace:
+        raise UserError(f"a dataset named {name!r} is registered already; pass replace=True to replace it")
+    DATASETS[name] = factory
+    return factory
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """Load ``name`` whole into memory.
+    """The dataset `name` (see the module docstring for how a name resolves), checked (`check_dataset`).
 
-    ``data_dir`` is ignored for ``digits``, is the IDX directory for ``fashion_mnist``
-    (default ``/usr/share/datasets/fashion-mnist``) and the TFDS data directory otherwise.
+    ``data_dir`` is ignored for ``digits``, is the IDX directory for ``fashion_mnist`` (default
+    ``/usr/share/datasets/fashion-mnist``), the TFDS data directory for a TFDS name, and handed to a registered
+    or imported factory.
     """
-    if name == "digits":
+    if name in DATASETS:
+        dataset = DATASETS[name](data_dir)
+    elif name == "digits":
         dataset = _load_digits()
     elif name == "fashion_mnist":
         dataset = _load_fashion_mnist(Path(data_dir or DEFAULT_FASHION_MNIST_DIR))
+    elif IMPORT_PATH.fullmatch(name):
+        dataset = _import_dataset(name, data_dir)
     else:
         dataset = _load_tfds(name, data_dir)
+    if not isinstance(dataset, Dataset):
+        raise UserError(f"dataset {name} gave a {type(dataset).__name__}, not a jaxunlearn Dataset")
     return dataset
 
 
-def stratified_subset(dataset: Dataset, train_size: int | None, test_size: int | None,
-                      validation_size: int | None = None) -> Dataset:
-    """The dataset reduced to about `train_size` train and `test_size` test images (None: all), with about
-    `validation_size` training images held out as the validation set (None: none).
-
-    Every class keeps round(size/N · its count) images, chosen by a fixed permutation (seed 0) and kept in
-    their original order, so a subset is part of the dataset's definition: the same for every run and seed.
-    The validation set is drawn the same way (seed 1) from the training images the train subset leaves out,
-    or from all of them without a subset (the train set is then the rest): a train subset is the same with
-    or without it. The normalisation stays the full dataset's. UserError for sizes outside [1, N] and a
-    validation set larger than the images left to it.
-    """
-    labels = dataset.train_labels
-    keep = np.ones(len(labels), bool)
-    if train_size is not None:
-        if not 1 <= train_size <= len(labels):
-            raise UserError(f"train size must be between 1 and {len(labels)}, got {train_size}")
-        keep = _stratified_test_mask(labels, train_size / len(labels), seed=0)
-    sets = {}
-    if validation_size is not None:
-        pool = np.flatnonzero(~keep) if train_size is not None else np.arange(len(labels))
-        most = len(pool) - (train_size is None)  # without a subset, at least one image stays to train on
-        if not 1 <= validation_size <= most:
-            raise UserError(f"validation size must be between 1 and {most}, got {validation_size}")
-        held = pool[_stratified_test_mask(labels[pool], validation_size / len(pool), seed=1)]
-        keep[held] = False
-        sets.update(validation_images=dataset.train_images[held], validation_labels=labels[held])
-    sets.update(train_images=dataset.train_images[keep], train_labels=labels[keep])
-    if test_size is not None:
-        if not 1 <= test_size <= len(dataset.test_labels):
-            raise UserError(f"test size must be between 1 and {len(dataset.test_labels)}, got {test_size}")
-        kept = _stratified_test_mask(dataset.test_labels, test_size / len(dataset.test_labels), seed=0)
-        sets.update(test_images=dataset.test_images[kept], test_labels=dataset.test_labels[kept])
-    return dataclasses.replace(dataset, **sets)
-
-
-def _channel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std of uint8 [N, H, W, C] images in [0, 1] units.
-
-    Counts pixel values per channel (256 bins) in blocks, so memory stays small.
-    """
-    num_channels = images.shape[-1]
-    counts = np.zeros((num_channels, 256), np.int64)
-    for start in range(0, len(images), 1024):
-        pixels = images[start : start + 1024].reshape(-1, num_channels)
-        for channel in range(num_channels):
-            counts[channel] += np.bincount(pixels[:, channel], minlength=256)
-    values = np.arange(256) / 255.0
-    totals = counts.sum(axis=1)
-    mean = counts @ values / totals
-    variance = counts @ values**2 / totals - mean**2
-    return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(variance, 0.0)).tolist())
+def _import_dataset(path: str, data_dir: str | None) -> Dataset:
+    """The Dataset the function at import path "module:function" returns (called with `data_dir` if it
+    takes an argument)."""
+    module_name, function_name = path.split(":")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` has it
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's code: any error is its own, in one line
+        raise UserError(f"dataset {path}: cannot import {module_name} ({type(error).__name__}: {error})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise UserError(f"dataset {path}: {module_name} has no function {function_name}")
+    try:
+        takes_data_dir = bool(inspect.signature(function).parameters)
+        return function(data_dir) if takes_data_dir else function()
+    except UserError:
+        raise
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"dataset {path} failed: {type(error).__name__}: {detail}") from None
 
 
 # --- digits ---------------------------------------------------------------------------
@@ -199,9 +128,9 @@ def _load_digits() -> Dataset:
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
     labels = digits.target.astype(np.int32)
-    test_mask = _stratified_test_mask(labels, _DIGITS_TEST_FRACTION, _DIGITS_SPLIT_SEED)
+    test_mask = stratified_mask(labels, _DIGITS_TEST_FRACTION, _DIGITS_SPLIT_SEED)
     train_images = images[~test_mask]
-    mean, std = _channel_mean_std(train_images)
+    mean, std = channel_mean_std(train_images)
     return Dataset(
         name="digits",
         train_images=train_images,
@@ -212,16 +141,6 @@ def _load_digits() -> Dataset:
         mean=mean,
         std=std,
     )
-
-
-def _stratified_test_mask(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Bool [N]: round(test_fraction * count) randomly chosen images of every class."""
-    rng = np.random.default_rng(seed)
-    test_mask = np.zeros(len(labels), bool)
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        test_mask[members[: round(test_fraction * len(members))]] = True
-    return test_mask
 
 
 # --- fashion_mnist (IDX files) ----------------------------------------------------------
@@ -298,8 +217,9 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
-            f"unknown dataset {name!r}; choose {', '.join(BUILTIN_DATASETS)} "
-            "or any TFDS image dataset prepared under `data_dir`"
+            f"unknown dataset {name!r}: not built in ({', '.join(BUILTIN_DATASETS)}), not registered in this "
+            "process (load the module that registers it with `plugin`), not an import path module:function, and "
+            "no TFDS dataset prepared under `data_dir`"
         ) from None
     features = builder.info.features
     image_feature = features["image"] if "image" in features else None
@@ -318,7 +238,7 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     if name in _OFFICIAL_CIFAR_STATS_DATASETS:
         mean, std = _OFFICIAL_CIFAR_MEAN, _OFFICIAL_CIFAR_STD
     else:
-        mean, std = _channel_mean_std(train_images)
+        mean, std = channel_mean_std(train_images)
     return Dataset(
         name=name,
         train_images=train_images,

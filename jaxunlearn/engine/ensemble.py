@@ -144,10 +144,10 @@ def make_models_epoch_fn(train_step, ensemble: Ensemble, loop: str) -> "ModelsEp
     def step_models(images, labels, aux, epoch, active, state: TrainState, columns):
         if per_device == 1:
             squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
-            new, metrics = train_step(images, labels, squeeze(aux), epoch, squeeze(state), squeeze(columns))
+            new, metrics = train_step((images, labels), squeeze(aux), epoch, squeeze(state), squeeze(columns))
             new, metrics = jax.tree.map(lambda x: x[None], (new, metrics))
         else:
-            new, metrics = jax.vmap(lambda s, a, c: train_step(images, labels, a, epoch, s, c))(state, aux, columns)
+            new, metrics = jax.vmap(lambda s, a, c: train_step((images, labels), a, epoch, s, c))(state, aux, columns)
         keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
         return jax.tree.map(keep, new, state), metrics
 

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxunlearn.engine import checkpoint
+from jaxunlearn.engine.compile_time import compile_clock
 from jaxunlearn.data.device import DeviceData
+from jaxunlearn.data.placement import StreamedData
+from jaxunlearn.data.stream import BatchStream
 from jaxunlearn.engine.ensemble import (
     Ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack_plans, take,
 )
@@ -46,42 +49,50 @@ index the train set; any other column is per-sample data of the method (random l
 def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
                   mean: Sequence[float], std: Sequence[float], mesh: jax.sharding.Mesh,
                   backend: Backend = "shard_map", on_step: "StepProgress | None" = None,
-                  loop: EpochLoop = "auto") -> "EpochFn":
-    """Compile an epoch: (state, train_images, train_labels, aux, blocks, epoch) → (state, per-step metrics).
+                  loop: EpochLoop = "auto", *, streamed: bool = False) -> "EpochFn":
+    """Compile an epoch: (state, train_images, train_labels, aux, blocks, epoch) → (state, per-step metrics),
+    or with streamed=True (state, batches, aux, blocks, epoch) where each step's batch comes from `batches`
+    (`jaxunlearn.data.stream.BatchStream`) instead of the device-resident set.
 
     The step (`make_train_step`) runs per device over `mesh` (`jax.shard_map`, or `jax.pmap` with
     backend="pmap"). The blocks run in turn, as one compiled `lax.scan` each (loop="scan") or as a host loop
     over one compiled step (loop="steps"); "auto" picks "steps" on CPU and "scan" elsewhere (`resolve_loop`).
-    The state is donated. Blocks are placed by `place_blocks`. `on_step`, if given, is called on the host
-    with the step number every `on_step.every` steps.
+    A streamed epoch is always a host loop: its batches arrive step by step. The state is donated. Blocks are
+    placed by `place_blocks`. `on_step`, if given, is called on the host with the step number every
+    `on_step.every` steps.
     """
-    loop = resolve_loop(loop, mesh)
-    train_step = make_train_step(graphdef, tx, loss_fn, mean, std, backend, on_step)
+    loop = "steps" if streamed else resolve_loop(loop, mesh)
+    train_step = make_train_step(graphdef, tx, loss_fn, mean, std, backend, on_step, streamed=streamed)
 
     def scanned_epoch(state: TrainState, images, labels, aux, blocks: tuple[dict[str, jax.Array], ...], epoch):
         metrics = []
         for block in blocks:
             state, block_metrics = jax.lax.scan(
-                lambda s, c: train_step(images, labels, aux, epoch, s, c), state, block)
+                lambda s, c: train_step((images, labels), aux, epoch, s, c), state, block)
             metrics.append(block_metrics)
         return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
 
     def one_step(state: TrainState, images, labels, aux, columns: dict[str, jax.Array], epoch):
-        return train_step(images, labels, aux, epoch, state, columns)
+        return train_step((images, labels), aux, epoch, state, columns)
 
-    per_device = scanned_epoch if loop == "scan" else one_step
+    def one_streamed_step(state: TrainState, batch, aux, columns: dict[str, jax.Array], epoch):
+        return train_step(batch, aux, epoch, state, columns)
+
+    per_device = scanned_epoch if loop == "scan" else one_streamed_step if streamed else one_step
     if backend == "pmap":
         # A scanned block is [steps, devices, B/devices] (devices on axis 1); one step's columns [devices, B/devices].
         columns_axis = 1 if loop == "scan" else 0
-        compiled = jax.pmap(per_device, axis_name=AXIS, in_axes=(None, None, None, None, columns_axis, None),
+        data_axes = (0,) if streamed else (None, None)
+        compiled = jax.pmap(per_device, axis_name=AXIS, in_axes=(None, *data_axes, None, columns_axis, None),
                             out_axes=None, devices=list(mesh.devices.flat), donate_argnums=0)
     elif backend == "shard_map":
         columns_spec = P(None, AXIS) if loop == "scan" else P(AXIS)
-        compiled = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), columns_spec, P()),
+        data_specs = (P(AXIS),) if streamed else (P(), P())
+        compiled = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *data_specs, P(), columns_spec, P()),
                                          out_specs=(P(), P())), donate_argnums=0)
     else:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    return EpochFn(loop, compiled)
+    return EpochFn(loop, compiled, streamed)
 
 
 def resolve_loop(loop: EpochLoop, mesh: jax.sharding.Mesh) -> EpochLoop:
@@ -100,15 +111,27 @@ class EpochFn:
 
     loop: EpochLoop
     compiled: Any
+    streamed: bool = False
 
     def __call__(self, state: TrainState, images: jax.Array, labels: jax.Array, aux: Any,
                  blocks: tuple[dict[str, jax.Array], ...], epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
+        """A resident epoch: every step gathers its batch from (images, labels)."""
         if self.loop == "scan":
             return self.compiled(state, images, labels, aux, blocks, epoch)
+        return self._steps(state, blocks, lambda s, columns: self.compiled(s, images, labels, aux, columns, epoch))
+
+    def streamed_epoch(self, state: TrainState, batches: Iterator[Any], aux: Any,
+                       blocks: tuple[dict[str, jax.Array], ...], epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
+        """A streamed epoch: step i takes the i-th of `batches`, beside its columns of `blocks`."""
+        return self._steps(state, blocks, lambda s, columns: self.compiled(s, next(batches), aux, columns, epoch))
+
+    @staticmethod
+    def _steps(state: TrainState, blocks: tuple[dict[str, Any], ...], step: Callable[[TrainState, Any], Any]
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
         metrics = []
         for block in blocks:
             for row in range(steps_in([block])):
-                state, step_metrics = self.compiled(state, images, labels, aux, _row(block, row), epoch)
+                state, step_metrics = step(state, _row(block, row))
                 metrics.append(step_metrics)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
@@ -206,19 +229,33 @@ def finite_models(tree: Any, models_axis: bool) -> jax.Array:
 class _OneModel:
     """The data-parallel layout of one model: state replicated over `execution`'s mesh, batches split."""
 
-    def __init__(self, procedure: Procedure, graphdef: nnx.GraphDef, data: DeviceData, execution: Execution,
-                 label: str):
+    def __init__(self, procedure: Procedure, graphdef: nnx.GraphDef, data: "DeviceData | StreamedData",
+                 execution: Execution, label: str):
         self.procedure, self.graphdef, self.data, self.execution, self.label = \
             procedure, graphdef, data, execution, label
         self.mesh = execution.mesh()
+        self.streamed = isinstance(data, StreamedData)
 
     def place(self, state: TrainState) -> TrainState:
         # Every input replicated on the mesh, as the epoch's outputs are, so epoch 2 reuses epoch 1's executable.
-        state, self.images, self.labels, self.aux = replicate(
-            (local_replica(state), self.data.train_images, self.data.train_labels, self.procedure.aux), self.mesh)
+        if self.streamed:
+            state, self.aux = replicate((local_replica(state), self.procedure.aux), self.mesh)
+            self.stream = BatchStream(self.data.dataset, self._place_rows)
+        else:
+            state, self.images, self.labels, self.aux = replicate(
+                (local_replica(state), self.data.train_images, self.data.train_labels, self.procedure.aux), self.mesh)
         # The epoch donates the state: give it buffers of its own, not shared with the caller's arrays or with
         # the method's constants (a frozen teacher is the starting model itself).
         return jax.tree.map(jnp.copy, state)
+
+    def _place_rows(self, local: np.ndarray) -> Any:
+        """This process's rows of a streamed batch [B_local, ...] as the step takes them: one global array split
+        over the mesh (shard_map), or [this process's devices, B/D, ...] (pmap)."""
+        if self.execution.backend == "pmap":
+            devices = len(self.mesh.local_devices)
+            return local.reshape(devices, local.shape[0] // devices, *local.shape[1:])
+        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(AXIS)), local,
+                                                      (local.shape[0] * jax.process_count(), *local.shape[1:]))
 
     def saved(self, state: TrainState) -> TrainState:
         return state
@@ -232,13 +269,18 @@ class _OneModel:
             if main and sys.stderr.isatty() else None
         self.epoch_fn = make_epoch_fn(self.graphdef, self.procedure.tx, self.procedure.loss_fn, self.data.mean,
                                       self.data.std, self.mesh, self.execution.backend, self.progress,
-                                      self.execution.epoch_loop)
+                                      self.execution.epoch_loop, streamed=self.streamed)
 
     def epoch(self, state: TrainState, epoch: int, first_step: int) -> tuple[TrainState, dict[str, np.ndarray]]:
         if self.progress is not None:
             self.progress.start(epoch, first_step)
-        blocks = place_blocks(self.procedure.plan(epoch), self.mesh, self.execution.backend)
-        state, step_metrics = self.epoch_fn(state, self.images, self.labels, self.aux, blocks, epoch)
+        padded = [pad_to_devices(block, self.mesh.devices.size) for block in self.procedure.plan(epoch)]
+        blocks = place_blocks(padded, self.mesh, self.execution.backend)
+        if self.streamed:
+            batches = self.stream.epoch(padded)
+            state, step_metrics = self.epoch_fn.streamed_epoch(state, batches, self.aux, blocks, epoch)
+        else:
+            state, step_metrics = self.epoch_fn(state, self.images, self.labels, self.aux, blocks, epoch)
         return state, jax.device_get(local_replica(step_metrics))
 
     def first_non_finite(self, step_metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
@@ -433,26 +475,29 @@ def _run_epochs(procedure: Procedure, runner, manager, state, last: dict[str, An
     main = is_main_process()
     log_path, evaluation_path = logs
     seconds, steps = last["seconds"], last["steps"]
+    compiled = last.get("compile_seconds", 0.0)
     runner.compile(last["epoch"])
     last_save = time.perf_counter()
     for epoch in range(last["epoch"], procedure.epochs):
         started = time.perf_counter()
         first_step = steps
-        state, step_metrics = runner.epoch(state, epoch, first_step)
-        steps = first_step + len(step_metrics["loss"])
-        bad = runner.first_non_finite(step_metrics)
-        if bad is not None:
-            _diverged(f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1})",
-                      manager, workdir)
-        bad_model = runner.non_finite_state(state)
-        if bad_model is not None:  # finite losses, but the epoch's last update was not
-            _diverged(f"{label}: non-finite parameters or optimizer state{bad_model} after step {steps} "
-                      f"(epoch {epoch + 1})", manager, workdir)
-        evaluation, stop = runner.evaluate(state, epoch + 1 == procedure.epochs, last["evaluation"])
+        with compile_clock() as clock:
+            state, step_metrics = runner.epoch(state, epoch, first_step)
+            steps = first_step + len(step_metrics["loss"])
+            bad = runner.first_non_finite(step_metrics)
+            if bad is not None:
+                _diverged(f"{label}: non-finite loss{bad[1]} at step {first_step + 1 + bad[0]} (epoch {epoch + 1})",
+                          manager, workdir)
+            bad_model = runner.non_finite_state(state)
+            if bad_model is not None:  # finite losses, but the epoch's last update was not
+                _diverged(f"{label}: non-finite parameters or optimizer state{bad_model} after step {steps} "
+                          f"(epoch {epoch + 1})", manager, workdir)
+            evaluation, stop = runner.evaluate(state, epoch + 1 == procedure.epochs, last["evaluation"])
         seconds += time.perf_counter() - started
+        compiled += clock.seconds
         finished = stop or epoch + 1 == procedure.epochs
         last = {**meta, "epoch": epoch + 1, "finished": finished, "evaluation": evaluation,
-                "seconds": seconds, "steps": steps, **runner.meta()}
+                "seconds": seconds, "compile_seconds": compiled, "steps": steps, **runner.meta()}
         # The epoch's log lines go first: a run killed before its checkpoint is complete resumes from the
         # previous one and cuts them back (`_resume`), so logs and checkpoints agree after any kill.
         if main:

@@ -48,6 +48,11 @@ class Execution:
     """For runs of several models: how many each device steps at once in one program (vmapped); the rest
     run one group after another. None: 1 on CPU (measured faster there, BENCHMARKS.md), all on
     accelerators."""
+    data_placement: str = "auto"
+    """"device": the uint8 dataset on every device, batches gathered inside the step; "stream": each process
+    reads only its rows of every batch from the dataset's sources, ahead of the step; "auto": device when the
+    images take at most half of a device's free memory (`jaxunlearn.data.placement`). Either takes the same
+    steps."""
 
     def mesh(self) -> jax.sharding.Mesh:
         return data_mesh(self.devices)

@@ -3,7 +3,7 @@
 `make_step` builds the public step (state, batch) → (state, metrics) on batches the caller supplies: jit
 it, vmap it over models, or run it per device under `jax.shard_map` / `jax.pmap` over the axis `DATA_AXIS`.
 The harness's step (`make_train_step`) is the same update on batches gathered from the device-resident
-dataset by index.
+dataset by index, or read ahead by the host when the data is streamed.
 """
 
 import functools
@@ -17,7 +17,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxunlearn.data.device import gather_batch
+from jaxunlearn.data.device import gather_batch, normalise
+from jaxunlearn.data.stream import DATA_ROLES
 from jaxunlearn.engine.parallel import AXIS, PADDING_MASK, Backend
 from jaxunlearn.engine.state import TrainState
 
@@ -29,8 +30,6 @@ Batch = dict[str, tuple[jax.Array, jax.Array]]
 """role ("train", "forget", "retain") → (images float [B, H, W, C], normalised; labels int32 [B]), this
 device's shard."""
 
-DATA_ROLES = ("train", "forget", "retain")
-"""Plan columns holding train-set indices; the harness's step gathers their images and labels."""
 
 Metrics = dict[str, jax.Array]
 """name → scalar: the loss, its named parts and the gradient norm."""
@@ -219,22 +218,27 @@ def _num_classes(graphdef: nnx.GraphDef, state: TrainState, batch: Batch) -> int
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
                     mean: Sequence[float], std: Sequence[float], backend: Backend = "shard_map",
-                    on_step: Callable[[jax.Array], None] | None = None):
-    """The harness's step on this device: (images, labels, aux, epoch, state, columns) → (state, metrics).
+                    on_step: Callable[[jax.Array], None] | None = None, *, streamed: bool = False):
+    """The harness's step on this device: (data, aux, epoch, state, columns) → (state, metrics).
 
-    Each device gathers its shard of the batch (the `DATA_ROLES` columns: train-set indices) from its replica
-    of the dataset and applies `make_step`'s update: BatchNorm statistics are averaged over `AXIS`, and the
-    gradients are those of the loss averaged over the devices, so every device applies the same update.
-    Under backend="shard_map" the global loss is differentiated (its gradient is already reduced); under
-    "pmap" the local one, and the gradients are averaged. `on_step` (a `StepProgress`), if given, is called on
-    the host with the step number every `on_step.every` steps.
+    data: resident, the device's replica of the uint8 train set and its labels, (images [N, H, W, C], labels
+    [N]), from which the step gathers its shard of the batch (the `DATA_ROLES` columns: train-set indices);
+    streamed (streamed=True), the shard itself, role → (uint8 images [B_local, H, W, C], labels [B_local]),
+    read by the host ahead of the step (`jaxunlearn.data.stream`). Either way the images are normalised here
+    and `make_step`'s update applied: BatchNorm statistics are averaged over `AXIS`, and the gradients are
+    those of the loss averaged over the devices, so every device applies the same update. Under
+    backend="shard_map" the global loss is differentiated (its gradient is already reduced); under "pmap" the
+    local one, and the gradients are averaged. `on_step` (a `StepProgress`), if given, is called on the host
+    with the step number every `on_step.every` steps.
     """
     mean, std = tuple(mean), tuple(std)
     update = _update(graphdef, tx, loss_fn, backend)
 
-    def train_step(images, labels, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
-        batch = {role: gather_batch(images, labels, columns[role], mean, std)
-                 for role in DATA_ROLES if role in columns}
+    def train_step(data, aux, epoch, state: TrainState, columns: dict[str, jax.Array]):
+        if streamed:
+            batch = {role: (normalise(images, mean, std), labels) for role, (images, labels) in data.items()}
+        else:
+            batch = {role: gather_batch(*data, columns[role], mean, std) for role in DATA_ROLES if role in columns}
         new_state, metrics = update(state, batch, columns, aux, epoch)
         if on_step is not None:
             report = (new_state.step % on_step.every == 0) & (jax.lax.axis_index(AXIS) == 0)

@@ -11,7 +11,8 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.data.device import DeviceData, normalise
-from jaxunlearn.data.sources import Dataset
+from jaxunlearn.data.placement import StreamedData, resident_parts, sample_rows
+from jaxunlearn.data.dataset import Dataset
 from jaxunlearn.data.splits import Split
 
 CHUNK = 512
@@ -66,12 +67,14 @@ def accuracy_and_confidence(logits: np.ndarray, labels: np.ndarray) -> tuple[flo
     return float(np.mean(logits.argmax(axis=1) == labels)), float(np.mean(probs.max(axis=1)))
 
 
-def split_parts(split: Split, test_labels: np.ndarray, validation_labels: np.ndarray | None = None) -> Parts:
+def split_parts(split: Split, test_labels: np.ndarray, validation_labels: np.ndarray | None = None,
+                at_most: int | None = None) -> Parts:
     """The evaluated parts of a split.
 
     forget_train, retain_train: the split itself. In class mode forget_test holds the test images of the
     forgotten classes and test the others (remain-test); in sample mode test is the whole test set. With
     `validation_labels` (a held-out validation set), validation and forget_validation in the same way.
+    at_most: evaluate each part on at most this many images (`sampled`), for data too large to evaluate whole.
     """
     parts = {"forget_train": ("train", split.forget), "retain_train": ("train", split.retain)}
     for where, labels in (("test", test_labels), ("validation", validation_labels)):
@@ -81,7 +84,13 @@ def split_parts(split: Split, test_labels: np.ndarray, validation_labels: np.nda
         if split.spec.mode == "class":
             parts[f"forget_{where}"] = (where, np.flatnonzero(forgotten))
         parts[where] = (where, np.flatnonzero(~forgotten))
-    return parts
+    return sampled(parts, at_most)
+
+
+def sampled(parts: Parts, at_most: int | None) -> Parts:
+    """Each part reduced to at most `at_most` of its images (None: all): a fixed random choice (seed 0), kept
+    in order, the same for every run evaluated on the same parts."""
+    return {name: (where, sample_rows(indices, at_most)) for name, (where, indices) in parts.items()}
 
 
 def host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
@@ -92,22 +101,26 @@ def host_labels(dataset: Dataset) -> dict[str, np.ndarray]:
     return labels
 
 
-def whole_sets(dataset: Dataset) -> Parts:
-    """Every image of the test set and, when the dataset holds one out, of the validation set."""
-    return {where: (where, np.arange(len(labels))) for where, labels in host_labels(dataset).items()
-            if where != "train"}
+def whole_sets(dataset: Dataset, at_most: int | None = None) -> Parts:
+    """Every image of the test set and, when the dataset holds one out, of the validation set (at most
+    `at_most` of each: `sampled`)."""
+    return sampled({where: (where, np.arange(len(labels))) for where, labels in host_labels(dataset).items()
+                    if where != "train"}, at_most)
 
 
-def part_outputs(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+def part_outputs(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: "DeviceData | StreamedData",
                  parts: Parts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """part name → (logits [n, C], embeddings [n, D]) of the model (params, batch_stats)."""
+    """part name → (logits [n, C], embeddings [n, D]) of the model (params, batch_stats); streamed data is
+    read for just the parts' rows (`resident_parts`)."""
+    data, parts, _ = resident_parts(data, parts, {})
     images = {"train": data.train_images, "test": data.test_images, "validation": data.validation_images}
     return {name: predict(params, batch_stats, images[where], indices) for name, (where, indices) in parts.items()}
 
 
-def evaluate_parts(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+def evaluate_parts(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: "DeviceData | StreamedData",
                    labels: dict[str, np.ndarray], parts: Parts) -> dict[str, float]:
     """`<part>_acc` and `<part>_conf` for each part; `labels` maps each set to its host labels (`host_labels`)."""
+    data, parts, labels = resident_parts(data, parts, labels)
     outputs = part_outputs(predict, params, batch_stats, data, parts)
     metrics = {}
     for name, (where, indices) in parts.items():

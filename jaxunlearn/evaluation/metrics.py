@@ -94,6 +94,8 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("relearn_target_acc", "fraction", "the original's forget-set accuracy, the relearn target", _RUNS),
     Metric("seconds", "seconds", "wall-clock time of the run", "jaxunlearn.engine.loop.fit", direction="lower_better",
            table=True),
+    Metric("compile_seconds", "seconds", "of the run's seconds, those JAX spent tracing and compiling its programs",
+           "jaxunlearn.engine.compile_time.compile_clock", direction="lower_better"),
     Metric("steps", "count", "optimizer steps of the run", "jaxunlearn.engine.loop.fit", direction="lower_better",
            table=True),
     Metric("epochs", "count", "epochs of the run", "jaxunlearn.engine.loop.fit", direction="lower_better"),

@@ -8,6 +8,7 @@ import optax
 from flax import nnx
 
 from jaxunlearn.data.device import DeviceData
+from jaxunlearn.data.placement import StreamedData, resident_rows
 from jaxunlearn.engine.loop import make_epoch_fn, place_blocks
 from jaxunlearn.engine.parallel import local_mesh, replicate
 from jaxunlearn.engine.state import create_state
@@ -26,13 +27,15 @@ class RelearnSettings:
     max_steps: int = 200
 
 
-def relearn_steps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+def relearn_steps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
+                  data: "DeviceData | StreamedData",
                   forget: np.ndarray, target_accuracy: float, settings: RelearnSettings = RelearnSettings(),
                   seed: int = 0) -> tuple[int, bool]:
     """(steps until the forget-set accuracy is ≥ target_accuracy, whether the cap was hit first).
 
     The model (params, batch_stats) is not modified; the count is a multiple of `settings.check_every`.
     """
+    data, forget = resident_rows(data, "train", forget)
     labels = np.asarray(data.train_labels)[forget]
     predict = make_predictor(graphdef, data.mean, data.std)
 

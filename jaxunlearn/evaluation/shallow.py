@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from jaxunlearn.data.device import DeviceData, normalise
+from jaxunlearn.data.placement import StreamedData, resident_rows
 from jaxunlearn.engine.parallel import AXIS
 
 RECOMPUTE_BATCH = 256
@@ -51,12 +52,14 @@ def _mean_batch_statistics(params, batch_stats, images, blocks, *, graphdef, mea
     return jax.tree.map(lambda t: t / blocks.shape[0], total)
 
 
-def recompute_batch_stats(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, data: DeviceData,
+def recompute_batch_stats(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
+                          data: "DeviceData | StreamedData",
                           indices: np.ndarray, batch_size: int = RECOMPUTE_BATCH) -> nnx.State:
     """BatchNorm running statistics recomputed on the train images `indices` (the retain set), weights
     unchanged: every layer's batch mean and (biased) variance, forwarded in train mode over the full
     batches of `indices` in order, averaged over the batches (PyTorch's cumulative `momentum=None`
     recalibration). Fewer indices than a batch make one batch of all of them."""
+    data, indices = resident_rows(data, "train", indices)
     width = min(batch_size, len(indices))
     count = len(indices) // width
     blocks = np.asarray(indices[:count * width], np.int32).reshape(count, width)

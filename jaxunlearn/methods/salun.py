@@ -27,6 +27,7 @@ import optax
 
 from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import gather_batch
+from jaxunlearn.data.placement import StreamedData, resident_rows
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.methods.base import Context, StartingModel, batch_blocks, register
@@ -97,6 +98,10 @@ def forget_gradient(start: StartingModel, blocks: Sequence[np.ndarray]) -> Any:
     blocks: int32 [steps, B] index blocks (`batch_blocks`), each batch's mean loss differentiated on its own.
     """
     data = start.data
+    if isinstance(data, StreamedData):  # a device copy of just the forget batches' rows, renumbered
+        rows = np.unique(np.concatenate([block.ravel() for block in blocks]))
+        data, _ = resident_rows(data, "train", rows)
+        blocks = [np.searchsorted(rows, block).astype(np.int32) for block in blocks]
 
     @jax.jit
     def block_sum(params, batch_stats, train_images, train_labels, block):
