@@ -44,13 +44,43 @@ def jaxunlearn(args: list[str], devices: int, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
-def run_two_processes(args: list[str]) -> None:
+def run_two_processes(args: list[str], **kwargs) -> list[str]:
     port = free_port()
     processes = [jaxunlearn([*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                             "--process-id", str(i)], devices=4) for i in range(2)]
+                             "--process-id", str(i)], devices=4, **kwargs) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output
+    return outputs
+
+
+COUNTED = '''
+import atexit, json, os, threading
+import jaxunlearn as ju
+
+
+class Counted:
+    """The digits' training images, read by index; the rows this process's reader threads read for batches
+    (the others run in the main thread: the fingerprint, the evaluation) are written at its exit."""
+
+    def __init__(self, images):
+        self.images, self.read = images, []
+        atexit.register(lambda: open(f"reads-{os.getpid()}.json", "w").write(json.dumps(self.read)))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        if threading.current_thread() is not threading.main_thread():
+            self.read.append(int(index))
+        return self.images[index]
+
+
+def make(data_dir=None):
+    d = ju.load_dataset("digits")
+    return ju.Dataset.from_source(Counted(d.train_images), d.test_images, train_labels=d.train_labels,
+                                  test_labels=d.test_labels, mean=d.mean, std=d.std, name="counted")
+'''
 
 
 def run_one_process(args: list[str]) -> None:
@@ -79,7 +109,26 @@ def runs(tmp_path_factory):
     return root
 
 
+def test_streamed_training_in_two_processes_reads_each_process_its_own_rows(tmp_path):
+    """Two processes stream a user's source read by index: the same steps as the device-resident run of the
+    same layout, bitwise; each process reads only its half of every global batch (704 of the 1,408 rows of
+    the 22 batches of 64), and no row is read by both."""
+    (tmp_path / "counted_digits.py").write_text(COUNTED)
+    train = ["train", "--dataset", "counted_digits:make", "--width", "0.125", "--epochs", "1", "--batch-size", "64",
+             "--eval-sample", "200"]
+    outputs = run_two_processes([*train, "--data-placement", "stream", "--workdir", str(tmp_path / "stream")],
+                                cwd=tmp_path)
+    reads = [json.loads(path.read_text()) for path in tmp_path.glob("reads-*.json")]
+    run_two_processes([*train, "--data-placement", "device", "--workdir", str(tmp_path / "device")], cwd=tmp_path)
+    assert list(step_losses(tmp_path / "stream")) == list(step_losses(tmp_path / "device"))
+    for process, output in enumerate(outputs):
+        assert f"data: process {process} read 704 training rows for its share of the batches" in output, output
+    assert sorted(len(read) for read in reads) == [704, 704]  # each row once, by one process only
+    assert len(set(reads[0]) | set(reads[1])) == 1408 and not set(reads[0]) & set(reads[1])
+
+
 def test_training_in_two_processes_matches_one_process_of_eight_devices(runs):
+
     two, one = step_losses(runs / "train-2x4"), step_losses(runs / "train-1x8")
     assert len(two) == 1438 // 64
     assert_same_losses(two, one)

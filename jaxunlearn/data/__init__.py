@@ -1,7 +1,7 @@
 """Datasets (any random-access source of uint8 images, checked where they enter), where they come from, their
 placement on the devices, and forget/retain splits of their training sets."""
 
-from jaxunlearn.data.dataset import Dataset, ImageSource, stratified_subset
+from jaxunlearn.data.dataset import Dataset, ImageSource, NpyFile, stratified_subset
 from jaxunlearn.data.sources import BUILTIN_DATASETS, DATASETS, load_dataset, register_dataset
 from jaxunlearn.data.splits import (
     PAIRINGS,
@@ -20,6 +20,7 @@ __all__ = [
     "Dataset",
     "ForgetSpec",
     "ImageSource",
+    "NpyFile",
     "Split",
     "load_dataset",
     "load_split",

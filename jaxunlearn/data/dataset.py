@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -254,6 +255,42 @@ def channel_mean_std(images: Any) -> tuple[tuple[float, ...], tuple[float, ...]]
     mean = counts @ values / totals
     variance = counts @ values**2 / totals - mean**2
     return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(variance, 0.0)).tolist())
+
+
+class NpyFile:
+    """The images of a .npy file (uint8 [N, H, W, C]) read row by row with `os.pread`: nothing is mapped into
+    the process, so reading a file larger than memory keeps the resident memory at what the batches hold (a
+    `np.memmap` would count every page it touched). Safe to read from several threads."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        try:
+            with open(self.path, "rb") as file:
+                version = np.lib.format.read_magic(file)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    version, np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(file)
+                self.offset = file.tell()
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read the .npy file {path}: {error}") from None
+        if fortran or dtype != np.uint8 or len(shape) != 4:
+            raise UserError(f"{path} must hold uint8 images [N, H, W, C] in C order, got {dtype} {shape}")
+        self.shape, self.dtype = tuple(shape), np.dtype(np.uint8)
+        self.row_bytes = int(np.prod(shape[1:]))
+        self.descriptor = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(index)
+        data = os.pread(self.descriptor, self.row_bytes, self.offset + index * self.row_bytes)
+        return np.frombuffer(data, np.uint8).reshape(self.shape[1:])
+
+    def __del__(self) -> None:
+        if hasattr(self, "descriptor"):
+            os.close(self.descriptor)
 
 
 class Rows:

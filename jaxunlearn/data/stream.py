@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 
@@ -56,6 +55,8 @@ class BatchStream:
     def epoch(self, blocks: Sequence[dict[str, np.ndarray]]) -> Iterator[dict[str, tuple[Any, Any]]]:
         """Each step's batch of an epoch of padded blocks ({column: int [steps, B]}), read ahead in threads,
         then placed."""
+        import grain  # only a streamed run pays its import
+
         steps = [(b, row) for b, block in enumerate(blocks) for row in range(next(iter(block.values())).shape[0])]
         dataset = grain.MapDataset.source(steps).map(lambda step: self._read(step, blocks))
         reader = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.threads,

@@ -442,6 +442,9 @@ def fit(procedure: Procedure, graphdef: nnx.GraphDef, state: TrainState, data: D
                 f"to resume" if kept is not None else "no checkpoint had been saved yet")) from None
         raise
     manager.close()
+    if isinstance(runner, _OneModel) and runner.streamed:  # every process says what it read
+        print(f"data: process {jax.process_index()} read {runner.stream.rows_read} training rows for its share of "
+              f"the batches", file=sys.stderr, flush=True)
     return runner.result(state), last
 
 
