@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxunlearn.data import load_dataset
-from jaxunlearn.data.dataset import stratified_subset
+from jaxunlearn.data.dataset import read_images, stratified_subset
 from jaxunlearn.data.sources import DEFAULT_FASHION_MNIST_DIR
 from jaxunlearn.errors import UserError
 
@@ -180,12 +180,18 @@ def test_fashion_mnist_missing_directory_or_file(tmp_path):
 # --- TFDS ---------------------------------------------------------------------------------
 
 
+def whole(source) -> np.ndarray:
+    """Every image of a set read by index (a TFDS split stays in its files until read)."""
+    return read_images(source, np.arange(len(source)))
+
+
 def test_tfds_cifar10_uses_official_constants():
     with tfds.testing.mock_data(num_examples=12):
         dataset = load_dataset("cifar10")
+        train_images, test_images = whole(dataset.train_images), whole(dataset.test_images)
     assert dataset.name == "cifar10" and dataset.num_classes == 10
-    assert dataset.train_images.shape == dataset.test_images.shape == (12, 32, 32, 3)
-    assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
+    assert train_images.shape == test_images.shape == (12, 32, 32, 3)
+    assert train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
     assert dataset.train_labels.shape == (12,)
     assert 0 <= dataset.train_labels.min() <= dataset.train_labels.max() < 10
     assert dataset.mean == OFFICIAL_CIFAR_MEAN and dataset.std == OFFICIAL_CIFAR_STD
@@ -194,9 +200,10 @@ def test_tfds_cifar10_uses_official_constants():
 def test_tfds_mnist_computes_statistics_from_training_images():
     with tfds.testing.mock_data(num_examples=9):
         dataset = load_dataset("mnist")
+        train_images = whole(dataset.train_images)
     assert dataset.image_shape == (28, 28, 1) and dataset.num_classes == 10
     assert len(dataset.train_images) == len(dataset.test_images) == 9
-    mean, std = pixel_mean_std(dataset.train_images)
+    mean, std = pixel_mean_std(train_images)
     np.testing.assert_allclose(dataset.mean, mean, rtol=1e-12)
     np.testing.assert_allclose(dataset.std, std, rtol=1e-12)
 
@@ -216,8 +223,9 @@ def test_tfds_records_are_sorted_by_numeric_id():
     }
     with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **_: splits[split]):
         dataset = load_dataset("cifar10")
+        train_images = whole(dataset.train_images)
     np.testing.assert_array_equal(dataset.train_labels, [1, 2, 3])
-    np.testing.assert_array_equal(dataset.train_images[:, 0, 0, 0], [1, 2, 3])
+    np.testing.assert_array_equal(train_images[:, 0, 0, 0], [1, 2, 3])
     np.testing.assert_array_equal(dataset.test_labels, [4, 5])
 
 

@@ -251,10 +251,9 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     )
 
 
-def _read_tfds_split(
-    name: str, split: str, data_dir: str | None, prepared_dir: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [N, H, W, C] images, int32 [N] labels) of one split, in source-file order."""
+def _read_tfds_split(name: str, split: str, data_dir: str | None, prepared_dir: str) -> tuple["TfdsImages", np.ndarray]:
+    """(the split's images read by index, int32 [N] labels), in source-file order. One pass reads every
+    record's label and id; the images stay in the ArrayRecord files, decoded when a batch reads them."""
     import tensorflow_datasets as tfds
 
     try:
@@ -265,13 +264,28 @@ def _read_tfds_split(
             f"under {prepared_dir}; prepare it with "
             f"download_and_prepare(file_format='array_record') ({type(error).__name__})"
         ) from None
-    records = [source[index] for index in range(len(source))]
-    if not records:
+    if len(source) == 0:
         raise UserError(f"TFDS dataset {name!r} has an empty {split!r} split under {prepared_dir}")
-    records = [records[index] for index in _source_order(records, split)]
-    images = np.stack([np.asarray(record["image"], np.uint8) for record in records])
-    labels = np.array([record["label"] for record in records], np.int32)
-    return images, labels
+    labels, ids = [], []
+    for index in range(len(source)):  # keeping only the label and the id of each record
+        record = source[index]
+        labels.append(record["label"])
+        ids.append({"id": record.get("id", "")})
+    order = _source_order(ids, split)
+    return TfdsImages(source, order), np.asarray(labels, np.int32)[order]
+
+
+class TfdsImages:
+    """A TFDS split's images in source-file order (`order`: file position → record), decoded when read."""
+
+    def __init__(self, source: Any, order: np.ndarray):
+        self.source, self.order = source, np.asarray(order, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self.source[int(self.order[index])]["image"], np.uint8)
 
 
 def _source_order(records: Sequence[dict[str, Any]], split: str) -> np.ndarray:
