@@ -221,12 +221,16 @@ class Run:
 
     @functools.cached_property
     def _model(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-        self.meta  # read first: UserError unless the latest checkpoint was written for this config.json
+        meta = self.meta  # read first: UserError unless the latest checkpoint was written for this config.json
         graphdef, params, batch_stats = model_state(self.train_config, self.dataset, initialise=False)
         if self.seeds is not None:
             params, batch_stats = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct((len(self.seeds), *x.shape), x.dtype), (params, batch_stats))
-        return graphdef, *checkpoint.restore_model(self.path, params, batch_stats)
+        params, batch_stats = checkpoint.restore_model(self.path, params, batch_stats)
+        if "params_hash" in meta and checkpoint.tree_hash(params) != meta["params_hash"]:
+            raise UserError(f"{self.path}: the parameters in its latest checkpoint are not the ones it saved "
+                            f"(their hash differs from the checkpoint's record); the checkpoint was altered")
+        return graphdef, params, batch_stats
 
     def model(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
         """(graphdef, params, batch_stats) of the latest checkpoint, restored once; for a run of K models

@@ -170,6 +170,8 @@ def test_a_replaced_original_with_the_same_progress_is_told_by_its_parameters(tm
     assert cli("evaluate", "--from", tmp_path / "cu") == 2
     error = capsys.readouterr().err
     assert "changed since" in error and "its parameters" in error
+    assert cli("evaluate", "--from", tmp_path / "original") == 2  # its own parameters no longer match the record
+    assert "the checkpoint was altered" in capsys.readouterr().err
 
 
 def run_killed_before_its_first_checkpoint(workdir, monkeypatch, **train_options):
