@@ -40,7 +40,7 @@ from jaxunlearn.data.splits import ForgetSpec, Split, make_split
 from jaxunlearn.engine.ensemble import (
     make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
 )
-from jaxunlearn.engine.loop import Block, make_epoch_fn, place_blocks, resolve_loop
+from jaxunlearn.engine.epoch import Block, make_epoch_fn, place_blocks, resolve_loop
 from jaxunlearn.engine.step import LossFn, make_train_step
 from jaxunlearn.engine.parallel import (
     AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, data_mesh, local_replica, replicate,

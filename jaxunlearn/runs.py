@@ -21,9 +21,9 @@ from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.placement import StreamedData, choose_placement, place_data, sample_rows
 from jaxunlearn.data.splits import (ForgetSpec, Pairing, Split, index_hash, load_split, make_split, save_indices,
                                     save_split)
-from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
-from jaxunlearn.engine.loop import Procedure, fit, steps_in
+from jaxunlearn.engine.epoch import steps_in
+from jaxunlearn.engine.loop import Procedure, fit
 from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import TrainState, create_state

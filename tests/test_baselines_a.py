@@ -20,7 +20,7 @@ from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import ForgetSpec, Split, parse_forget
-from jaxunlearn.engine.loop import steps_in
+from jaxunlearn.engine.epoch import steps_in
 from jaxunlearn.engine.step import StepContext
 from jaxunlearn.engine.parallel import AXIS, data_mesh
 from jaxunlearn.engine.state import create_state

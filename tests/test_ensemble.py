@@ -26,7 +26,7 @@ from jaxunlearn.data.splits import make_split, parse_forget
 from jaxunlearn.engine.ensemble import (
     make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
 )
-from jaxunlearn.engine.loop import make_epoch_fn, place_blocks
+from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks
 from jaxunlearn.engine.step import make_train_step
 from jaxunlearn.engine.parallel import AXIS, Execution, data_mesh, local_replica, replicate
 from jaxunlearn.engine.state import create_state

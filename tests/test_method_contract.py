@@ -31,7 +31,7 @@ from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import make_split, parse_forget
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack
-from jaxunlearn.engine.loop import make_epoch_fn, place_blocks, steps_in
+from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks, steps_in
 from jaxunlearn.engine.step import eval_forward, make_train_step
 from jaxunlearn.engine.parallel import AXIS, Execution, data_mesh, local_replica, replicate
 from jaxunlearn.engine.state import create_state

@@ -5,7 +5,7 @@ import pytest
 
 from jaxunlearn.config import TrainConfig, override
 from jaxunlearn.data.splits import ForgetSpec, Split
-from jaxunlearn.engine.loop import steps_in
+from jaxunlearn.engine.epoch import steps_in
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods import Context, get_method
 

@@ -24,7 +24,7 @@ from flax import nnx
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import make_split, parse_forget
-from jaxunlearn.engine.loop import make_epoch_fn, place_blocks
+from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks
 from jaxunlearn.engine.parallel import AXIS, PADDING_MASK, data_mesh, local_replica, pad_to_devices, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.methods import Context, get_method

@@ -9,7 +9,6 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,6 @@ import pytest
 
 from jaxunlearn.cli import main
 from jaxunlearn.engine import checkpoint
-from jaxunlearn.files import LOCK_FILE
 
 
 

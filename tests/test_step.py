@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxunlearn as ju
 from jaxunlearn.data.device import DeviceData, gather_batch, normalise
-from jaxunlearn.engine.loop import make_epoch_fn, place_blocks
+from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks
 from jaxunlearn.engine.parallel import data_mesh, local_replica, replicate
 
 REORDERED = {"rtol": 1e-9, "atol": 1e-9}

@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.placement import StreamedData, resident_rows
-from jaxunlearn.engine.loop import make_epoch_fn, place_blocks
+from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks
 from jaxunlearn.engine.parallel import local_mesh, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.evaluation.accuracy import make_predictor

@@ -19,7 +19,7 @@ from flax import nnx
 from jaxunlearn.config import Pairing, TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.splits import Split
-from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import LossFn
 from jaxunlearn.errors import UserError
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
-from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import StepContext
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, register, shuffled_blocks

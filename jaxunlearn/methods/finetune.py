@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn.config import Hparams, TrainConfig
-from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from jaxunlearn.config import Hparams, TrainConfig
-from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import global_weighted_mean
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register

@@ -6,7 +6,7 @@ import optax
 from flax import nnx
 
 from jaxunlearn.config import SupervisedHparams
-from jaxunlearn.engine.loop import Block
+from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.errors import UserError
