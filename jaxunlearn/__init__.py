@@ -1,6 +1,6 @@
 """jaxunlearn: machine unlearning of image classifiers in JAX/Flax, with Contrastive Unlearning.
 
-The public API is the names below (README "Python API" shows them at work) and the `__all__` of the
+The public API is the names below (docs/api.md shows them at work) and the `__all__` of the
 subpackages `jaxunlearn.data`, `jaxunlearn.models`, `jaxunlearn.methods` and `jaxunlearn.evaluation`.
 Every other module and every name starting with an underscore is internal and may change.
 """

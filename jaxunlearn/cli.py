@@ -118,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_execution_flags(train)
 
     unlearn = commands.add_parser("unlearn", help="apply an unlearning method to a trained model")
-    unlearn.add_argument("--method", required=True, help="the method's name (see README: Methods)")
+    unlearn.add_argument("--method", required=True, help="the method's name (docs/methods.md)")
     unlearn.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
     unlearn.add_argument("--from", dest="source", required=True, help="the training run's workdir")
     unlearn.add_argument("--workdir", required=True)
@@ -166,7 +166,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                               "against N retrainings, with its retrain-vs-retrain floor")
     audit.add_argument("--from", dest="source", required=True, help="the original model's training run")
     audit.add_argument("--forget", required=True, help="class:C[,C...] or random:N")
-    audit.add_argument("--method", required=True, help="the method to audit (see README: Methods)")
+    audit.add_argument("--method", required=True, help="the method to audit (docs/methods.md)")
     audit.add_argument("--models", type=_integer, required=True, metavar="N",
                        help="models per arm: N unlearnings, N retrainings, N more for the floor, N originals")
     audit.add_argument("--workdir", required=True, help="the arms' runs and audit.json (shared by methods)")
