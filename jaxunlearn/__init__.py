@@ -7,7 +7,7 @@ Every other module and every name starting with an underscore is internal and ma
 
 __version__ = "0.2.0"
 
-from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
+from jaxunlearn.config import Hparams, SupervisedHparams, TrainConfig, UnlearnConfig
 from jaxunlearn.data import Dataset, ForgetSpec, Split, load_dataset, make_split, parse_forget, register_dataset
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.engine.state import TrainState, create_state
@@ -20,13 +20,14 @@ from jaxunlearn.methods import METHODS, ContrastiveHparams, Method, contrastive_
 from jaxunlearn.methods.supervised import supervised_loss
 from jaxunlearn.models import EmbeddingClassifier, SupConResNet, SupConViT, create_model, register_model
 from jaxunlearn.run import Run
+from jaxunlearn import testing
 from jaxunlearn.runs import evaluate_run as evaluate, train, unlearn
 
 __all__ = [
-    "DATA_AXIS", "METHODS", "ContrastiveHparams", "Dataset", "EmbeddingClassifier", "Execution", "ForgetSpec",
+    "DATA_AXIS", "Hparams", "METHODS", "ContrastiveHparams", "Dataset", "EmbeddingClassifier", "Execution", "ForgetSpec",
     "LossFn", "Method", "Run", "Split", "StepContext", "SupConResNet", "SupConViT", "SupervisedHparams",
     "TrainConfig", "TrainState", "UnlearnConfig", "UserError", "__version__", "challenge_epsilons",
     "contrastive_objective", "contrastive_unlearning_loss", "create_model", "create_state", "cross_entropy",
     "evaluate", "evaluate_model", "forget_quality", "get_method", "load_dataset", "make_split", "make_step",
-    "parse_forget", "register", "register_dataset", "register_model", "supervised_loss", "train", "unlearn",
+    "parse_forget", "register", "testing", "register_dataset", "register_model", "supervised_loss", "train", "unlearn",
 ]

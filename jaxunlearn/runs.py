@@ -263,10 +263,17 @@ def keep_split(source: str | Path, split: Split) -> None:
 
 
 def resolve_hparams(config: UnlearnConfig, original: TrainConfig) -> Any:
-    """The method's reference defaults for this forgetting mode, with the config's overrides applied."""
+    """The method's hyperparameters: its reference defaults for this forgetting mode with the config's
+    `--hp` overrides applied, or the config's own hyperparameter dataclass; validated."""
     method = get_method(config.method)
     method.check_mode(config.forget.mode)
-    return override(method.default_hparams(config.forget.mode, original), config.hparams)  # validated
+    defaults = method.default_hparams(config.forget.mode, original)
+    if not dataclasses.is_dataclass(config.hparams):
+        return override(defaults, config.hparams)
+    if type(config.hparams) is not type(defaults):
+        raise UserError(f"{config.method} takes {type(defaults).__name__}, not {type(config.hparams).__name__}")
+    config.hparams.validate()
+    return config.hparams
 
 
 def unlearn_run_config(config: UnlearnConfig, source: str | Path, splits: Sequence[Split],

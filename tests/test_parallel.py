@@ -30,7 +30,7 @@ from jaxunlearn.engine.state import create_state
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.supervised import supervised_loss
 from jaxunlearn.models import create_model
-from small_model import small_model
+from jaxunlearn.testing import small_model
 
 TOLERANCES = {"float32": (1e-5, 1e-6), "float64": (1e-9, 1e-10), "float64-epoch": (1e-9, 1e-9)}
 """dtype → (rtol, atol); see the module docstring."""
@@ -133,7 +133,7 @@ def test_a_whole_epoch_with_partial_batches_is_the_same_on_1_3_and_8_devices(dig
     batches of the same size: 32 pads to 33 on 3 devices, 18 to 24 on 8. contrastive, random 100: a last
     batch of 4, so on 8 devices four devices hold only padding. random labels: the forget pass (a partial
     batch of 18) and the last, partial retain batch. float64, rtol 1e-9 (the module's policy). On the small
-    network of tests/small_model.py (masked BatchNorm, embedding, head): the steps of the ResNet-18 are those
+    network of `jaxunlearn.testing.small_model` (masked BatchNorm, embedding, head): the steps of the ResNet-18 are those
     of the test above.
     """
     with jax.enable_x64(True):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import Hparams, TrainConfig
+from jaxunlearn.config import Hparams
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Context, Method, StartingModel, mixed_blocks, register
 
@@ -63,9 +63,7 @@ def retain_sample(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 @register
 class BadTeacher(Method):
     name = "bad_teacher"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> BadTeacherHparams:
-        return BadTeacherHparams()
+    hparams_type = BadTeacherHparams
 
     def optimizer(self, hparams: BadTeacherHparams, steps_per_epoch, aux):
         return optax.adam(hparams.learning_rate), optax.constant_schedule(hparams.learning_rate)

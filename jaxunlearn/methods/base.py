@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxunlearn.config import Pairing, TrainConfig
+from jaxunlearn.config import Hparams, Pairing, TrainConfig
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.splits import Split
 from jaxunlearn.engine.epoch import Block
@@ -66,10 +66,34 @@ class StartingModel:
     fresh: Callable[[], tuple[nnx.State, nnx.State]]
 
 
+@dataclass(frozen=True)
+class SGDHparams(Hparams):
+    """What every method trained with PyTorch's SGD shares: epochs, batch size, a constant learning rate,
+    momentum and coupled weight decay (`sgd_optimizer`). A method's hyperparameters subclass it, setting its
+    reference defaults and adding fields of its own."""
+
+    epochs: int = 1
+    batch_size: int = 256
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
 class Method(abc.ABC):
-    """An unlearning method. Subclasses set the class attributes and implement the abstract methods."""
+    """An unlearning method: a small record of what is its own. A subclass sets `name` and `hparams_type`
+    (its hyperparameter dataclass, defaults those of its reference code) and implements `plan` and `loss_fn`;
+    everything else has a default it may override.
+
+    Public contract (checked for any method by `jaxunlearn.testing.check_method`): `default_hparams` validates;
+    `plan` is deterministic in (context.seed, epoch) and names train-set indices in the columns "train",
+    "forget", "retain" (others carry per-sample data, such as random labels); `loss_fn` gives a finite loss on
+    one step; the state survives a checkpoint; the vmapped step of two models equals each one's.
+    """
 
     name: ClassVar[str]
+    hparams_type: ClassVar[type] = SGDHparams
+    """The hyperparameter dataclass (a subclass of `jaxunlearn.config.Hparams`); `--hp NAME=VALUE` sets its
+    fields."""
     modes: ClassVar[tuple[str, ...]] = ("class", "sample")
     from_scratch: ClassVar[bool] = False
     """True: start from a fresh initialisation (retrain) instead of the original model."""
@@ -78,20 +102,24 @@ class Method(abc.ABC):
     in_paper_comparison: ClassVar[bool] = True
     """True for the methods an experiment compares (every method but the retrained reference)."""
 
-    @abc.abstractmethod
     def default_hparams(self, mode: str, original: TrainConfig) -> Any:
-        """The method's hyperparameter dataclass with its reference defaults; it has an `epochs` field."""
+        """The method's hyperparameters with its reference defaults for forgetting mode `mode` ("class" or
+        "sample") from an original trained with `original`: `hparams_type()` unless the method overrides it."""
+        return self.hparams_type()
 
-    @abc.abstractmethod
     def optimizer(self, hparams: Any, steps_per_epoch: Sequence[int], aux: Any
                   ) -> tuple[optax.GradientTransformation, Schedule]:
-        """The optimizer of the pair (params, extra) and its learning-rate schedule (for the log).
+        """The optimizer of the pair (params, extra) and its learning-rate schedule (for the log): PyTorch's
+        SGD at a constant rate for `SGDHparams` (`sgd_optimizer`); a method with another overrides it.
 
         steps_per_epoch: the optimizer steps of each epoch of the plan; aux: what `prepare` returned.
         A value that differs between the models of one run (a mask computed from their data) must live in
         the optimizer state that `init` builds, not in `update`'s closure: the K models of a run share the
         first model's `update` and each keep their own state.
         """
+        if not isinstance(hparams, SGDHparams):
+            raise TypeError(f"{self.name}'s hyperparameters are no SGDHparams: the method must define `optimizer`")
+        return sgd_optimizer(hparams)
 
     @abc.abstractmethod
     def plan(self, hparams: Any, context: Context, epoch: int) -> list[Block]:
@@ -123,16 +151,27 @@ class Method(abc.ABC):
             raise UserError(f"method {self.name} supports only {' and '.join(self.modes)} forgetting, not {mode}")
 
 
+BUILT_IN = ("contrastive", "retrain", "finetune", "gradient_ascent", "neggrad_plus", "random_label", "l1_sparse",
+            "salun", "boundary_shrink", "boundary_expand", "scrub", "unsir", "bad_teacher")
+"""The methods of this package, in the order the reports list them."""
+
 METHODS: dict[str, Method] = {}
 """Every registered method by name, in registration order: the order the reports list them."""
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: registers an instance of the method under its `name`."""
-    if cls.name in METHODS:
-        raise ValueError(f"a method named {cls.name!r} is registered twice")
-    METHODS[cls.name] = cls()
-    return cls
+def register(cls: type[Method] | None = None, *, replace: bool = False) -> Any:
+    """Class decorator, `@register` or `@register(replace=True)`: registers an instance of the method under
+    its `name`. A name registered already is refused unless `replace` (a notebook cell run again; a built-in
+    method is never replaced)."""
+    def add(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register takes a Method subclass, got {cls!r}")
+        if cls.name in METHODS and not (replace and cls.name not in BUILT_IN):
+            raise UserError(f"a method named {cls.name!r} is registered already"
+                            + ("" if cls.name in BUILT_IN else "; register(replace=True) replaces it"))
+        METHODS[cls.name] = cls()
+        return cls
+    return add if cls is None else add(cls)
 
 
 def get_method(name: str) -> Method:
@@ -147,10 +186,11 @@ def torch_sgd(learning_rate: float | Schedule, momentum: float, weight_decay: fl
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
 
 
-def constant_torch_sgd(learning_rate: float, momentum: float, weight_decay: float
-                       ) -> tuple[optax.GradientTransformation, Schedule]:
-    """PyTorch SGD at a constant learning rate, and that rate as the schedule."""
-    return torch_sgd(learning_rate, momentum, weight_decay), optax.constant_schedule(learning_rate)
+def sgd_optimizer(hparams: SGDHparams) -> tuple[optax.GradientTransformation, Schedule]:
+    """(PyTorch SGD at the hyperparameters' constant learning rate, momentum and weight decay, that rate as the
+    schedule): what `Method.optimizer` returns for `SGDHparams`."""
+    return torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay), \
+        optax.constant_schedule(hparams.learning_rate)
 
 
 def shuffled_blocks(indices: np.ndarray, batch_size: int, rng: np.random.Generator, column: str) -> list[Block]:

@@ -29,15 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import StepContext
 from jaxunlearn.losses import sample_cross_entropy
-from jaxunlearn.methods.base import Context, Method, StartingModel, constant_torch_sgd, register, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, SGDHparams, StartingModel, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class BoundaryShrinkHparams(Hparams):
+class BoundaryShrinkHparams(SGDHparams):
     """Official defaults (`boundary_shrink`): SGD lr 1e-5, momentum 0.9, no weight decay, 10 epochs over the
     forget set, batch 64; FGSM with bound ε = 0.1 in [0,1] pixel units. PGD (official, commented out):
     step 8/255, 5 iterations within the same bound."""
@@ -54,7 +53,7 @@ class BoundaryShrinkHparams(Hparams):
 
 
 @dataclasses.dataclass(frozen=True)
-class BoundaryExpandHparams(Hparams):
+class BoundaryExpandHparams(SGDHparams):
     """Official defaults (`boundary_expanding`): SGD lr 1e-5, momentum 0.9, no weight decay, 10 epochs over
     the forget set, batch 64."""
 
@@ -109,12 +108,7 @@ def _forget_plan(batch_size: int, context: Context, epoch: int) -> list[Block]:
 @register
 class BoundaryShrink(Method):
     name = "boundary_shrink"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> BoundaryShrinkHparams:
-        return BoundaryShrinkHparams()
-
-    def optimizer(self, hparams: BoundaryShrinkHparams, steps_per_epoch, aux):
-        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+    hparams_type = BoundaryShrinkHparams
 
     def plan(self, hparams: BoundaryShrinkHparams, context: Context, epoch: int):
         return _forget_plan(hparams.batch_size, context, epoch)
@@ -158,12 +152,7 @@ def widened_logits(logits: jax.Array, feat: jax.Array, shadow: dict[str, jax.Arr
 @register
 class BoundaryExpand(Method):
     name = "boundary_expand"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> BoundaryExpandHparams:
-        return BoundaryExpandHparams()
-
-    def optimizer(self, hparams: BoundaryExpandHparams, steps_per_epoch, aux):
-        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+    hparams_type = BoundaryExpandHparams
 
     def plan(self, hparams: BoundaryExpandHparams, context: Context, epoch: int):
         return _forget_plan(hparams.batch_size, context, epoch)

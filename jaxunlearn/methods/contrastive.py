@@ -40,6 +40,7 @@ class ContrastiveHparams(Hparams):
 @register
 class Contrastive(Method):
     name = "contrastive"
+    hparams_type = ContrastiveHparams
     stops_early = True
 
     def default_hparams(self, mode: str, original: TrainConfig) -> ContrastiveHparams:

@@ -8,20 +8,18 @@ The framework feeds un-augmented images, where the reference keeps its training 
 """
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
 from jaxunlearn.losses import sample_cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, SGDHparams, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneHparams(Hparams):
+class FinetuneHparams(SGDHparams):
     """Reference defaults (Sparse README, SalUn `FT.py`): SGD lr 0.01, momentum 0.9, weight decay 5e-4,
     batch 256, 10 epochs."""
 
@@ -47,12 +45,7 @@ def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):
 @register
 class Finetune(Method):
     name = "finetune"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> FinetuneHparams:
-        return FinetuneHparams()
-
-    def optimizer(self, hparams: FinetuneHparams, steps_per_epoch: Sequence[int], aux):
-        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+    hparams_type = FinetuneHparams
 
     def plan(self, hparams: FinetuneHparams, context: Context, epoch: int) -> list[Block]:
         return retain_pass(context, hparams.batch_size, epoch)

@@ -8,21 +8,19 @@ the reference. The framework feeds un-augmented images.
 """
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
 from jaxunlearn.losses import sample_cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, SGDHparams, register, shuffled_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class GradientAscentHparams(Hparams):
+class GradientAscentHparams(SGDHparams):
     """Reference defaults (Sparse README, SalUn `GA.py`): SGD lr 1e-4, momentum 0.9, weight decay 5e-4,
     batch 256, 5 epochs. The maintainers advise 5e-4–1e-3 when the forget accuracy does not drop
     (Unlearn-Saliency issue #8)."""
@@ -46,12 +44,7 @@ def negative_forget_cross_entropy(model: nnx.Module, batch: Batch, step: StepCon
 @register
 class GradientAscent(Method):
     name = "gradient_ascent"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> GradientAscentHparams:
-        return GradientAscentHparams()
-
-    def optimizer(self, hparams: GradientAscentHparams, steps_per_epoch: Sequence[int], aux):
-        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+    hparams_type = GradientAscentHparams
 
     def plan(self, hparams: GradientAscentHparams, context: Context, epoch: int) -> list[Block]:
         rng = np.random.default_rng([context.seed, epoch])

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxunlearn.config import TrainConfig
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, register
 from jaxunlearn.methods.finetune import Finetune, FinetuneHparams
@@ -45,9 +44,7 @@ def l1_norm(params: nnx.State) -> jax.Array:
 @register
 class L1Sparse(Finetune):
     name = "l1_sparse"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> L1SparseHparams:
-        return L1SparseHparams()
+    hparams_type = L1SparseHparams
 
     def loss_fn(self, hparams: L1SparseHparams, context: Context):
         def loss(model, batch, step):

@@ -23,15 +23,14 @@ from typing import Literal
 
 import numpy as np
 
-from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import global_weighted_mean
 from jaxunlearn.losses import sample_cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register
+from jaxunlearn.methods.base import Context, Method, SGDHparams, register
 
 
 @dataclasses.dataclass(frozen=True)
-class NegGradPlusHparams(Hparams):
+class NegGradPlusHparams(SGDHparams):
     """DU defaults (`munl/unlearning/neggradplus.py`): β (DU's alpha) 0.95, 10 epochs, SGD lr 0.01,
     momentum 0.9, weight decay 0, batch 256 for both sets, BatchNorm in eval mode (running statistics used
     and kept). batchnorm="train" gives the train-mode variant of SCRUB's `MIA_experiments.ipynb`."""
@@ -72,12 +71,7 @@ def paired_plan(retain: np.ndarray, forget: np.ndarray, batch_size: int, rng: np
 @register
 class NegGradPlus(Method):
     name = "neggrad_plus"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> NegGradPlusHparams:
-        return NegGradPlusHparams()
-
-    def optimizer(self, hparams: NegGradPlusHparams, steps_per_epoch: Sequence[int], aux):
-        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+    hparams_type = NegGradPlusHparams
 
     def plan(self, hparams: NegGradPlusHparams, context: Context, epoch: int) -> list[Block]:
         rng = np.random.default_rng([context.seed, epoch])

@@ -11,24 +11,22 @@ batches kept. docs/baselines.md §2.5. The paper draws ỹ ≠ y, the code can d
 """
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jaxunlearn.config import Hparams, TrainConfig
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
 from jaxunlearn.losses import sample_cross_entropy
-from jaxunlearn.methods.base import Context, Method, constant_torch_sgd, register, shuffled_blocks
+from jaxunlearn.methods.base import Context, Method, SGDHparams, register, shuffled_blocks
 
 RANDOM_LABEL = "random_label"
 """The plan column of the forget pass holding each sample's random label."""
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomLabelHparams(Hparams):
+class RandomLabelHparams(SGDHparams):
     """Reference defaults (SalUn `RL.py` / `main_random.py`): 10 epochs, SGD momentum 0.9, weight decay
     5e-4, batch 256. The reference leaves the learning rate to tuning (range [1e-4, 1e-1]); 0.013 is the
     value SalUn's README uses for its masked RL."""
@@ -75,12 +73,7 @@ def random_label_loss(model: nnx.Module, batch: Batch, step: StepContext) -> tup
 @register
 class RandomLabel(Method):
     name = "random_label"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> RandomLabelHparams:
-        return RandomLabelHparams()
-
-    def optimizer(self, hparams: RandomLabelHparams, steps_per_epoch: Sequence[int], aux):
-        return constant_torch_sgd(hparams.learning_rate, hparams.momentum, hparams.weight_decay)
+    hparams_type = RandomLabelHparams
 
     def plan(self, hparams: RandomLabelHparams, context: Context, epoch: int) -> list[Block]:
         return random_label_plan(context, hparams.batch_size, hparams.exclude_true_label, epoch)

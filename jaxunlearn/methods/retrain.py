@@ -10,6 +10,7 @@ from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer,
 @register
 class Retrain(Method):
     name = "retrain"
+    hparams_type = SupervisedHparams
     from_scratch = True
     in_paper_comparison = False
 

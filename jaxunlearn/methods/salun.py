@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import TrainConfig
 from jaxunlearn.data.device import gather_batch
 from jaxunlearn.data.placement import StreamedData, resident_rows
 from jaxunlearn.errors import UserError
@@ -121,9 +120,7 @@ def forget_gradient(start: StartingModel, blocks: Sequence[np.ndarray]) -> Any:
 @register
 class Salun(RandomLabel):
     name = "salun"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> SalunHparams:
-        return SalunHparams()
+    hparams_type = SalunHparams
 
     def prepare(self, hparams: SalunHparams, context: Context, start: StartingModel) -> Any:
         """The saliency mask: bool tree like the params, True on the ⌊N·r⌋ most salient entries."""

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.config import Hparams, TrainConfig
+from jaxunlearn.config import Hparams
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, register, shuffled_blocks, torch_sgd
@@ -105,9 +105,7 @@ def scrub_schedule(hparams: ScrubHparams, steps_per_epoch: Sequence[int]) -> Sch
 @register
 class Scrub(Method):
     name = "scrub"
-
-    def default_hparams(self, mode: str, original: TrainConfig) -> ScrubHparams:
-        return ScrubHparams()
+    hparams_type = ScrubHparams
 
     def optimizer(self, hparams: ScrubHparams, steps_per_epoch, aux):
         schedule = scrub_schedule(hparams, steps_per_epoch)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.config import Hparams, TrainConfig
+from jaxunlearn.config import Hparams
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import cross_entropy, sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, mixed_blocks, register, shuffled_blocks
@@ -141,10 +141,9 @@ def unsir_optimizer(hparams: UnsirHparams, steps_per_epoch: Sequence[int]
 @register
 class Unsir(Method):
     name = "unsir"
+    hparams_type = UnsirHparams
     modes = ("class",)
 
-    def default_hparams(self, mode: str, original: TrainConfig) -> UnsirHparams:
-        return UnsirHparams()
 
     def optimizer(self, hparams: UnsirHparams, steps_per_epoch, aux):
         return unsir_optimizer(hparams, steps_per_epoch)
