@@ -17,6 +17,10 @@ whatever a backend does with loops, and records the ratio of the compiled unit's
 XLA counts 2 FLOPs per multiply-add of a convolution's non-padding taps, plus the elementwise work.
 Under `shard_map` and `pmap` the compiled program is one device's: FLOPs and memory are per device, and
 the model FLOPs of a step are the per-device count times the device count.
+
+MFU (model FLOPs utilisation) is the achieved FLOP/s over the peak of the devices that ran the step: the
+datasheet's dense figure for the run's precision on a known accelerator, the measured float32 GEMM rate of the
+machine on CPU (`jaxunlearn.peak_flops`); a chip the table does not know gets no figure, and the report says so.
 """
 
 import itertools
@@ -52,6 +56,7 @@ from jaxunlearn.methods.contrastive import Contrastive, ContrastiveHparams
 from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer
 from jaxunlearn.models import MODELS, create_model
 from jaxunlearn.models.conv import resolve_conv
+from jaxunlearn.peak_flops import devices_peak, mfu
 from jaxunlearn.xla_profile import CATEGORIES, profile_program
 
 StepKind = Literal["cu", "train"]
@@ -198,11 +203,12 @@ def param_checksum(params: nnx.State) -> float:
     return float(sum(np.abs(np.asarray(leaf, np.float64)).sum() for leaf in jax.tree.leaves(params)))
 
 
-def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, data: tuple[jax.Array, jax.Array],
-               loss_fn: LossFn, tx: optax.GradientTransformation, block: Block) -> dict[str, Any]:
-    """Compile and time one step kind: one warm-up call, then `repeats` timed calls of `steps` steps each.
+def compile_epoch(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, data: tuple[jax.Array, jax.Array],
+                  loss_fn: LossFn, tx: optax.GradientTransformation, block: Block) -> tuple:
+    """Build and compile the epoch of one step kind over `block`, as `bench_step` times it.
 
-    data: (uint8 images [N, H, W, C], int32 labels [N]) replicated on `mesh`. Returns its figures.
+    data: (uint8 images [N, H, W, C], int32 labels [N]) replicated on `mesh`. Returns (epoch function, its
+    placed state, placed blocks, the compiled program, its compile seconds, FLOPs of one step on one device).
     """
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     mean, std = (MEAN,) * config.channels, (STD,) * config.channels
@@ -216,8 +222,17 @@ def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, 
     compile_seconds = time.perf_counter() - start
     single = compiled if config.steps == 1 or epoch_fn.loop == "steps" else \
         epoch_fn.lower(state, *data, None, one_step, 0).compile()
-    step_flops = cost_flops(single)
+    return epoch_fn, state, blocks, compiled, compile_seconds, cost_flops(single)
 
+
+def bench_step(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Module, data: tuple[jax.Array, jax.Array],
+               loss_fn: LossFn, tx: optax.GradientTransformation, block: Block) -> dict[str, Any]:
+    """Compile and time one step kind: one warm-up call, then `repeats` timed calls of `steps` steps each.
+
+    data: (uint8 images [N, H, W, C], int32 labels [N]) replicated on `mesh`. Returns its figures.
+    """
+    epoch_fn, state, blocks, compiled, compile_seconds, step_flops = compile_epoch(
+        config, mesh, model, data, loss_fn, tx, block)
     losses: list[float] = []
     seconds_per_call = []
     for call in range(1 + config.repeats):  # the first call warms up
@@ -307,35 +322,65 @@ def environment(mesh: jax.sharding.Mesh, epoch_loop: EpochLoop) -> dict[str, Any
     }
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Time the CU and the train step of `config`; bad input raises UserError.
+def bench_model(config: BenchConfig, precision: str, conv: str) -> nnx.Module:
+    """A fresh model of `config` in `precision` with the `conv` convolutions, from `config.seed`."""
+    return create_model(config.model, config.classes, in_channels=config.channels,
+                        image_size=(config.image_size,) * 2, width=config.width, depth=config.depth, seed=config.seed,
+                        bn_axis_name=AXIS, precision=precision, conv=conv)
 
-    Returns {"config", "environment", "steps": {kind: figures}}; see `bench_step` for the figures.
-    Compile times are true compilations only if no persistent compilation cache serves them (the CLI
-    turns the cache off).
-    """
+
+def prepare(config: BenchConfig) -> tuple[jax.sharding.Mesh, tuple[jax.Array, jax.Array], dict[str, Block], dict]:
+    """Check `config` (UserError) and build what both step kinds take: (mesh, synthetic (images, labels)
+    replicated on it, step kind → index block (`step_plans`), step kind → (loss, optimizer))."""
     check_config(config, jax.device_count())
     mesh = data_mesh(config.devices)
     labels = synthetic_labels(config)
     split = make_split(ForgetSpec("class", classes=(FORGET_CLASS,)), labels, config.classes)
     data = replicate((synthetic_images(config, len(labels)), labels), mesh)
-    plans = step_plans(config, split)
-    procedures = step_procedures(config, split, labels)
+    return mesh, data, step_plans(config, split), step_procedures(config, split, labels)
+
+
+def model_step_flops(config: BenchConfig, kind: StepKind, precision: str = "f32") -> float:
+    """XLA's FLOPs of one `kind` step of `config` on all its devices, as the bench reports them
+    (`flops_per_step`), from a compilation alone: nothing runs."""
+    mesh, data, plans, procedures = prepare(config)
+    block = {name: columns[:1] for name, columns in plans[kind].items()}
+    model = bench_model(config, precision, config.convs[0])
+    return compile_epoch(config, mesh, model, data, *procedures[kind], block)[-1] * mesh.devices.size
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Time the CU and the train step of `config`; bad input raises UserError.
+
+    Returns {"config", "environment", "steps": {kind: figures}}; see `bench_step` for the figures, plus "mfu"
+    (model FLOPs utilisation against the peak of the devices, `jaxunlearn.peak_flops`; None where no peak is
+    known, and then `environment["peak"][precision]["basis"]` says so), also per layout of `--models`.
+    Compile times are true compilations only if no persistent compilation cache serves them (the CLI
+    turns the cache off).
+    """
+    mesh, data, plans, procedures = prepare(config)
+    peaks = {precision: devices_peak(list(mesh.devices.flat), precision) for precision in config.precisions}
     figures = {}
     for precision, conv in itertools.product(config.precisions, config.convs):
-        new_model = lambda: create_model(
-            config.model, config.classes, in_channels=config.channels, image_size=(config.image_size,) * 2,
-            width=config.width, depth=config.depth, seed=config.seed, bn_axis_name=AXIS, precision=precision,
-            conv=conv)
         for kind in STEP_KINDS:
             loss_fn, tx = procedures[kind]
             name = " ".join([kind] + ([precision] if precision != "f32" else [])
                             + ([resolve_conv(conv)] if len(config.convs) > 1 else []))
-            figures[name] = bench_step(config, mesh, new_model(), data, loss_fn, tx, plans[kind])
+            step = figures[name] = bench_step(config, mesh, bench_model(config, precision, conv), data, loss_fn, tx,
+                                              plans[kind])
+            step["mfu"] = mfu(step["flops_per_second"], peaks[precision])
             if config.models > 1:  # a model of its own: the step donated the first one's buffers
-                figures[name]["models"] = bench_models(config, new_model(), data, loss_fn, tx, plans[kind])
+                step["models"] = bench_models(config, bench_model(config, precision, conv), data, loss_fn, tx,
+                                              plans[kind])
+                for layout in step["models"].values():  # each model-step takes one model's step FLOPs
+                    layout["mfu"] = mfu(step["flops_per_step"] * layout["model_steps_per_second"],
+                                        devices_peak(jax.local_devices()[:layout["devices"]], precision))
     return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop)
-            | {"convs": [resolve_conv(conv) for conv in config.convs]}, "steps": figures}
+            | {"convs": [resolve_conv(conv) for conv in config.convs], "peak": peaks}, "steps": figures}
+
+
+def format_mfu(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -354,16 +399,20 @@ def format_report(result: dict[str, Any]) -> str:
         f"XLA_FLAGS={env['xla_flags'] or '(none)'}",
         "",
         f"{'step':10s} {'ms/step':>9s} {'images/s':>9s} {'compile s':>9s} {'peak MiB':>9s} "
-        f"{'GFLOP/step':>10s} {'GFLOP/s':>8s}",
+        f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'MFU':>6s}",
     ]
     for kind, figures in result["steps"].items():
         lines.append(
             f"{kind:10s} {figures['ms_per_step']:9.1f} {figures['images_per_second']:9.1f} "
             f"{figures['compile_seconds']:9.1f} {figures['memory_per_device']['peak_bytes'] / 2**20:9.1f} "
-            f"{figures['flops_per_step'] / 1e9:10.3f} {figures['flops_per_second'] / 1e9:8.1f}"
+            f"{figures['flops_per_step'] / 1e9:10.3f} {figures['flops_per_second'] / 1e9:8.1f} "
+            f"{format_mfu(figures['mfu']):>6s}"
         )
     lines.append("peak MiB: XLA's memory analysis of one device's program (arguments + outputs + temporaries − "
                  "donated); GFLOP: XLA's cost analysis, all devices")
+    for precision, peak in env["peak"].items():
+        total = "" if peak["flops_per_second"] is None else f" = {peak['flops_per_second'] / 1e12:.3g} TFLOP/s"
+        lines.append(f"MFU ({precision}): GFLOP/s over the peak, {peak['basis']}{total}")
     if config.get("profile"):
         lines += ["", "XLA's trace, ms per step by kind of work (summed over threads; % of the traced op time)",
                   f"{'step':10s} {'traced':>7s} " + " ".join(f"{c:>16s}" for c in CATEGORIES)]
@@ -376,7 +425,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines += ["", f"{config['models']} models side by side: ms per model-step (model-steps/s)"]
         for kind, figures in result["steps"].items():
             cells = [f"{layout.replace('_', ' ')} ({f['models_per_device']}/device on {f['devices']}) "
-                     f"{f['ms_per_model_step']:.1f} ({f['model_steps_per_second']:.1f})"
+                     f"{f['ms_per_model_step']:.1f} ({f['model_steps_per_second']:.1f}, MFU {format_mfu(f['mfu'])})"
                      for layout, f in figures["models"].items()]
             lines.append(f"{kind:10s} " + "; ".join(cells))
     return "\n".join(lines)
