@@ -5,6 +5,8 @@ larger than memory. BENCHMARKS.md "Streaming input" has the figures.
         Whole-epoch images per second of the Fashion-MNIST protocol's training (ResNet-18 of width 1/8,
         the fixed 4,000-image subset, batch 128, one device), device-resident and streamed in turn, each
         epoch timed after a first one that compiles; prints the ratio.
+        --synthetic DIR [--gigabytes G] [--model M --width W --batch B]: on a synthetic CIFAR-shaped dataset
+        written under DIR instead (what benchmarks/accelerator.sh times where Fashion-MNIST is not installed).
 
     .venv/bin/python benchmarks/streaming.py memory --dir /tmp/stream-8g [--gigabytes 8] [--json out.json]
         Writes a synthetic on-disk dataset of GIGABYTES of uint8 32×32×3 images (train.npy, read with
@@ -101,8 +103,9 @@ def memory(directory: Path, gigabytes: float) -> dict:
     return result
 
 
-def throughput(epochs: int) -> dict:
-    """Images per second of whole training epochs, device-resident against streamed, alternating."""
+def throughput(epochs: int, synthetic: Path | None, gigabytes: float, model: str, width: float, batch: int) -> dict:
+    """Images per second of whole training epochs, device-resident against streamed, alternating: on the
+    Fashion-MNIST protocol's 4,000 images, or on all of a synthetic dataset of `gigabytes` under `synthetic`."""
     import jax
 
     from jaxunlearn.config import SupervisedHparams, TrainConfig
@@ -113,13 +116,19 @@ def throughput(epochs: int) -> dict:
     from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
     from jaxunlearn.run import model_state, training_data
 
-    config = TrainConfig(dataset="fashion_mnist", width=0.125, train_size=4000, test_size=2000,
-                         recipe=SupervisedHparams(epochs=epochs + 1, batch_size=128))
+    recipe = SupervisedHparams(epochs=epochs + 1, batch_size=batch)
+    if synthetic is None:
+        config = TrainConfig(dataset="fashion_mnist", model=model, width=width, train_size=4000, test_size=2000,
+                             recipe=recipe)
+    else:
+        write_big_dataset(synthetic, gigabytes)
+        config = TrainConfig(dataset="streaming:big_dataset", data_dir=str(synthetic), model=model, width=width,
+                             recipe=recipe)
     dataset = training_data(config)
-    plan = lambda epoch: supervised_plan(np.arange(len(dataset.train_labels)), 128, np.random.default_rng([0, epoch]))
+    plan = lambda epoch: supervised_plan(np.arange(len(dataset.train_labels)), batch, np.random.default_rng([0, epoch]))
     images = sum(block["train"].size for block in plan(0))
     graphdef, params, batch_stats = model_state(config, dataset, initialise=True)
-    tx, schedule = supervised_optimizer(config.recipe, images // 128)
+    tx, schedule = supervised_optimizer(config.recipe, images // batch)
     runners = {}
     for placement in ("device", "stream"):
         procedure = Procedure(loss_fn=supervised_loss, tx=tx, plan=plan, epochs=epochs + 1, evaluate=None,
@@ -137,7 +146,8 @@ def throughput(epochs: int) -> dict:
             jax.block_until_ready(entry[1])
             seconds[placement].append(time.perf_counter() - started)
     rates = {placement: images / float(np.median(times)) for placement, times in seconds.items()}
-    return {"images_per_epoch": images, "epochs_timed": epochs, "seconds": seconds, "images_per_second": rates,
+    return {"dataset": dataset.name, "model": model, "width": width, "batch": batch, "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind, "images_per_epoch": images, "epochs_timed": epochs, "seconds": seconds, "images_per_second": rates,
             "stream_over_device": rates["stream"] / rates["device"]}
 
 
@@ -147,9 +157,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dir", default="/tmp/jaxunlearn-stream-8g")
     parser.add_argument("--gigabytes", type=float, default=8.0)
+    parser.add_argument("--synthetic", type=Path, help="throughput: on a synthetic dataset written here")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--json")
     args = parser.parse_args()
-    result = throughput(args.epochs) if args.mode == "throughput" else memory(Path(args.dir), args.gigabytes)
+    if args.mode == "throughput":
+        result = throughput(args.epochs, args.synthetic, args.gigabytes, args.model, args.width, args.batch)
+    else:
+        result = memory(Path(args.dir), args.gigabytes)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

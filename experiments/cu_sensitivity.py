@@ -21,7 +21,7 @@ from jaxunlearn.config import UnlearnConfig
 from jaxunlearn.errors import UserError
 from jaxunlearn.experiment import load_protocol
 from jaxunlearn.files import write_json
-from jaxunlearn.runs import evaluate_run, unlearn
+from jaxunlearn.runs import evaluate, unlearn
 
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults (λ_UL 3, τ 0.7, ω 4, lr 1e-3)": {},
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         unlearn(UnlearnConfig(method="contrastive", forget=protocol.forget,
                               hparams={**protocol.hparams.get("contrastive", {}), **overrides},
                               pairing=protocol.pairing, seed=seed), root / "original", run)  # a finished run is only read
-        metrics = evaluate_run(run, reference=root / "retrain")
+        metrics = evaluate(run, reference=root / "retrain")
         results["variants"][name] = {"hparams": overrides, **{key: metrics[key] for key in COLUMNS},
                                      "wall_seconds": time.perf_counter() - started}
         out.mkdir(parents=True, exist_ok=True)

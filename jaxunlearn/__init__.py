@@ -21,7 +21,7 @@ from jaxunlearn.methods.supervised import supervised_loss
 from jaxunlearn.models import EmbeddingClassifier, SupConResNet, SupConViT, create_model, register_model
 from jaxunlearn.run import Run
 from jaxunlearn import testing
-from jaxunlearn.runs import evaluate_run as evaluate, train, unlearn
+from jaxunlearn.runs import evaluate, train, unlearn
 
 __all__ = [
     "DATA_AXIS", "Hparams", "METHODS", "ContrastiveHparams", "Dataset", "EmbeddingClassifier", "Execution", "ForgetSpec",

@@ -47,7 +47,7 @@ from jaxunlearn.engine.ensemble import (
 from jaxunlearn.engine.epoch import Block, make_epoch_fn, place_blocks, resolve_loop
 from jaxunlearn.engine.step import LossFn, make_train_step
 from jaxunlearn.engine.parallel import (
-    AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, Execution, data_mesh, local_replica, replicate,
+    DATA_AXIS, BACKENDS, EPOCH_LOOPS, EpochLoop, Execution, local_replica, replicate,
 )
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
@@ -70,8 +70,8 @@ MEAN, STD = 0.5, 0.25
 class BenchConfig:
     """What to time. batch is B: the CU step takes B forget + B retain images, the train step 2B.
 
-    devices: how many of `jax.devices()` to use (None = all); epoch_loop: "scan", "steps" or "auto" (see
-    `make_epoch_fn`); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
+    execution: the devices, the backend and the epoch loop (`Execution`; its `conv`, `models_per_device` and
+    `data_placement` are the bench's own to vary: `convs`, `models`; the data is device-resident); steps: optimizer steps per timed call; repeats: timed calls after one warm-up call.
     models: K > 1 also times K models side by side (`jaxunlearn.engine.ensemble`), one after another and
     vmapped, each step of each model on the same batch size. precisions: each is timed ("f32", "bf16"); convs:
     each implementation of the ResNets' convolutions is timed ("auto", "xla", "gemm"; `jaxunlearn.models.conv`).
@@ -87,9 +87,7 @@ class BenchConfig:
     image_size: int = 32
     channels: int = 3
     classes: int = 10
-    devices: int | None = None
-    backend: Backend = "shard_map"
-    epoch_loop: EpochLoop = "auto"
+    execution: Execution = Execution()
     steps: int = 5
     repeats: int = 5
     seed: int = 0
@@ -113,10 +111,10 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
         raise UserError(f"`convs` must name each implementation once, got {list(config.convs)}")
     if config.depth is not None and config.depth < 1:
         raise UserError(f"`depth` must be >= 1, got {config.depth}")
-    if config.backend not in BACKENDS:
-        raise UserError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
-    if config.epoch_loop not in EPOCH_LOOPS:
-        raise UserError(f"unknown epoch loop {config.epoch_loop!r}; choose from {', '.join(EPOCH_LOOPS)}")
+    if config.execution.backend not in BACKENDS:
+        raise UserError(f"unknown backend {config.execution.backend!r}; choose from {', '.join(BACKENDS)}")
+    if config.execution.epoch_loop not in EPOCH_LOOPS:
+        raise UserError(f"unknown epoch loop {config.execution.epoch_loop!r}; choose from {', '.join(EPOCH_LOOPS)}")
     if not (math.isfinite(config.width) and 0 < config.width <= MAX_WIDTH):
         raise UserError(f"`width` must be in (0, {MAX_WIDTH}], got {config.width}")
     for name in ("batch", "image_size", "channels", "steps", "repeats"):
@@ -124,13 +122,13 @@ def check_config(config: BenchConfig, available_devices: int) -> None:
             raise UserError(f"`{name}` must be >= 1, got {getattr(config, name)}")
     if config.classes < 2:
         raise UserError(f"`classes` must be >= 2 (class 0 is forgotten, the others retained), got {config.classes}")
-    devices = available_devices if config.devices is None else config.devices
+    devices = available_devices if config.execution.devices is None else config.execution.devices
     if not 1 <= devices <= available_devices:
-        raise UserError(f"`devices` must be between 1 and the {available_devices} available, got {config.devices}")
+        raise UserError(f"`devices` must be between 1 and the {available_devices} available, got {devices}")
     if config.models < 1:
         raise UserError(f"`models` must be >= 1, got {config.models}")
     if config.models > 1:
-        make_ensemble(config.models, Execution(devices=config.devices, backend=config.backend))
+        make_ensemble(config.models, config.execution)
 
 
 def synthetic_labels(config: BenchConfig) -> np.ndarray:
@@ -212,10 +210,11 @@ def compile_epoch(config: BenchConfig, mesh: jax.sharding.Mesh, model: nnx.Modul
     """
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     mean, std = (MEAN,) * config.channels, (STD,) * config.channels
-    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, mean, std, mesh, config.backend, loop=config.epoch_loop)
+    epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, mean, std, mesh, config.execution.backend,
+                              loop=config.execution.epoch_loop)
     state = replicate(create_state(params, batch_stats, tx), mesh)
-    blocks = place_blocks([block], mesh, config.backend)
-    one_step = place_blocks([{name: columns[:1] for name, columns in block.items()}], mesh, config.backend)
+    blocks = place_blocks([block], mesh, config.execution.backend)
+    one_step = place_blocks([{name: columns[:1] for name, columns in block.items()}], mesh, config.execution.backend)
 
     start = time.perf_counter()
     compiled = epoch_fn.lower(state, *data, None, blocks, 0).compile()
@@ -284,11 +283,11 @@ def bench_models(config: BenchConfig, model: nnx.Module, data: tuple[jax.Array, 
     blocks = stack_plans([[block]] * config.models)
     train_step = make_train_step(graphdef, tx, loss_fn, mean, std)
     layouts = {}
-    devices = make_ensemble(config.models, Execution(devices=config.devices)).devices
+    devices = make_ensemble(config.models, Execution(devices=config.execution.devices)).devices
     for layout in ("one_after_another", "vmapped"):
         ensemble = make_ensemble(config.models, Execution(
             devices=devices, models_per_device=1 if layout == "one_after_another" else config.models // devices))
-        loop = resolve_loop(config.epoch_loop, ensemble.mesh)
+        loop = resolve_loop(config.execution.epoch_loop, ensemble.mesh)
         epoch_fn = make_models_epoch_fn(train_step, ensemble, loop)
         images, labels = jax.device_put(data, NamedSharding(ensemble.mesh, P()))
         groups = [place_group(jax.tree.map(lambda x: x[models], state), ensemble) for models in ensemble.groups()]
@@ -326,14 +325,14 @@ def bench_model(config: BenchConfig, precision: str, conv: str) -> nnx.Module:
     """A fresh model of `config` in `precision` with the `conv` convolutions, from `config.seed`."""
     return create_model(config.model, config.classes, in_channels=config.channels,
                         image_size=(config.image_size,) * 2, width=config.width, depth=config.depth, seed=config.seed,
-                        bn_axis_name=AXIS, precision=precision, conv=conv)
+                        bn_axis_name=DATA_AXIS, precision=precision, conv=conv)
 
 
 def prepare(config: BenchConfig) -> tuple[jax.sharding.Mesh, tuple[jax.Array, jax.Array], dict[str, Block], dict]:
     """Check `config` (UserError) and build what both step kinds take: (mesh, synthetic (images, labels)
     replicated on it, step kind → index block (`step_plans`), step kind → (loss, optimizer))."""
     check_config(config, jax.device_count())
-    mesh = data_mesh(config.devices)
+    mesh = config.execution.mesh()
     labels = synthetic_labels(config)
     split = make_split(ForgetSpec("class", classes=(FORGET_CLASS,)), labels, config.classes)
     data = replicate((synthetic_images(config, len(labels)), labels), mesh)
@@ -375,7 +374,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 for layout in step["models"].values():  # each model-step takes one model's step FLOPs
                     layout["mfu"] = mfu(step["flops_per_step"] * layout["model_steps_per_second"],
                                         devices_peak(jax.local_devices()[:layout["devices"]], precision))
-    return {"config": asdict(config), "environment": environment(mesh, config.epoch_loop)
+    return {"config": asdict(config), "environment": environment(mesh, config.execution.epoch_loop)
             | {"convs": [resolve_conv(conv) for conv in config.convs], "peak": peaks}, "steps": figures}
 
 
@@ -394,7 +393,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"CU step: {config['batch']} forget + {config['batch']} retain images; train step: "
         f"{2 * config['batch']} images (same images per step)",
         f"jax {env['jax']}, {env['backend']} ({env['device_kind']}) × {env['devices']} of "
-        f"{env['devices_available']} devices, {config['backend']}, {env['epoch_loop']} loop, "
+        f"{env['devices_available']} devices, {config['execution']['backend']}, {env['epoch_loop']} loop, "
         f"{'/'.join(env.get('convs', ['xla']))} convolutions, {env['cpu_count']} CPUs, "
         f"XLA_FLAGS={env['xla_flags'] or '(none)'}",
         "",

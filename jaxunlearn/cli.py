@@ -79,6 +79,20 @@ def _add_execution_flags(parser: argparse.ArgumentParser, *, conv: bool = True) 
                             "device memory")
 
 
+def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the method's hyperparameters (default: the method's own, docs/methods.md)")
+    group.add_argument("--epochs", type=_integer, help="epoch cap (contrastive) or epoch count (other methods)")
+    group.add_argument("--batch-size", type=_integer)
+    group.add_argument("--lr", type=_finite)
+    group.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                       help="set any hyperparameter of the method (repeatable), e.g. --hp lambda_ul=1")
+
+
+def _add_models_per_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-per-device", type=_integer,
+                        help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
+
+
 MODEL_HELP = "resnet18 | resnet34 | resnet50 | resnet101 | vit_small (default resnet18)"
 WIDTH_HELP = "channel width multiplier; for vit_small, of its dim 384 (default 1)"
 DEPTH_HELP = "vit_small's number of transformer blocks (default 12)"
@@ -111,6 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_finite, default=defaults.learning_rate)
     train.add_argument("--momentum", type=_finite, default=defaults.momentum)
     train.add_argument("--weight-decay", type=_finite, default=defaults.weight_decay)
+    train.add_argument("--augment", action="store_true",
+                       help="random crop (4 px padding) and horizontal flip of the training images (default off)")
+    train.add_argument("--dropout", type=_finite, default=0.0, help="the model's dropout rate in training (default 0)")
     train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--workdir", required=True)
     train.add_argument("--save-every", type=_seconds, default=60.0, metavar="SECONDS",
@@ -127,11 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--pairing", choices=PAIRINGS, default="default",
                          help="official: the official code's splits and retain pairing")
     unlearn.add_argument("--seed", type=_seed, default=0, help="seed of the split and of retain sampling")
-    unlearn.add_argument("--epochs", type=_integer, help="epoch cap (contrastive) or epoch count (retrain)")
-    unlearn.add_argument("--batch-size", type=_integer)
-    unlearn.add_argument("--lr", type=_finite)
-    unlearn.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
-                         help="set any hyperparameter of the method, e.g. --hp temperature=0.5")
+    _add_hparam_flags(unlearn)
     unlearn.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
     unlearn.add_argument("--dataset", help="refuse to run unless the checkpoint was trained on this dataset")
     unlearn.add_argument("--model", help="refuse to run unless the checkpoint holds this model")
@@ -172,13 +185,8 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--workdir", required=True, help="the arms' runs and audit.json (shared by methods)")
     audit.add_argument("--seed", type=_seed, default=0, help="seed of the split (random:N)")
     audit.add_argument("--pairing", choices=PAIRINGS, default="default")
-    audit.add_argument("--epochs", type=_integer)
-    audit.add_argument("--batch-size", type=_integer)
-    audit.add_argument("--lr", type=_finite)
-    audit.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
-                       help="set any hyperparameter of the method, e.g. --hp lambda_ul=1")
-    audit.add_argument("--models-per-device", type=_integer,
-                       help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
+    _add_hparam_flags(audit)
+    _add_models_per_device_flag(audit)
     _add_execution_flags(audit)
 
     lira = commands.add_parser("ulira", help="U-LiRA: can a likelihood-ratio attack tell an unlearned example "
@@ -191,12 +199,8 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="shadow models (even, >= 8), a quarter of them held out as targets")
     lira.add_argument("--workdir", required=True, help="the shadows' runs and ulira.json (shared by methods)")
     lira.add_argument("--seed", type=_seed, default=0, help="seed of the audited examples and the halves")
-    lira.add_argument("--epochs", type=_integer)
-    lira.add_argument("--batch-size", type=_integer)
-    lira.add_argument("--lr", type=_finite)
-    lira.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
-    lira.add_argument("--models-per-device", type=_integer,
-                      help="models each device steps at once, vmapped (default: 1 on CPU, all elsewhere)")
+    _add_hparam_flags(lira)
+    _add_models_per_device_flag(lira)
     _add_execution_flags(lira)
 
     demo = commands.add_parser("demo", help="train, forget digit 5 with CU, retrain, print the table")
@@ -234,8 +238,9 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, seed=args.seed,
         train_size=args.train_size, test_size=args.test_size, depth=args.depth, precision=args.precision,
-        validation_size=args.validation_size, eval_sample=args.eval_sample, recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                 momentum=args.momentum, weight_decay=args.weight_decay),
+        validation_size=args.validation_size, eval_sample=args.eval_sample, dropout=args.dropout,
+        recipe=SupervisedHparams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                                 momentum=args.momentum, weight_decay=args.weight_decay, augment=args.augment),
     )
     metrics = train(config, args.workdir, execution=_execution(args), save_every_seconds=args.save_every)
     if not is_main_process():
@@ -301,7 +306,7 @@ def _ulira(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from jaxunlearn.run import training_data
-    from jaxunlearn.runs import evaluate_run, obtain_split, source_config
+    from jaxunlearn.runs import evaluate, obtain_split, source_config
 
     split = None
     if args.forget:
@@ -311,7 +316,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.relearn_steps < 0:
         raise UserError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
     relearn = RelearnSettings(max_steps=args.relearn_steps)
-    print(format_metrics(evaluate_run(args.source, split, reference=args.reference, relearn=relearn)))
+    print(format_metrics(evaluate(args.source, split, reference=args.reference, relearn=relearn)))
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -362,8 +367,8 @@ def _bench(args: argparse.Namespace) -> None:
     convs = ("xla", "gemm") if args.conv == "both" else (args.conv,)
     config = BenchConfig(model=args.model, width=args.width, depth=args.depth, precisions=precisions, convs=convs,
                          batch=args.batch, image_size=args.image_size,
-                         channels=args.channels, classes=args.classes, devices=args.devices,
-                         backend=args.backend, epoch_loop=args.epoch_loop, steps=args.steps,
+                         channels=args.channels, classes=args.classes, steps=args.steps,
+                         execution=Execution(devices=args.devices, backend=args.backend, epoch_loop=args.epoch_loop),
                          repeats=args.repeats, seed=args.seed, models=args.models,
                          profile=args.profile)
     result = run_bench(config)

@@ -10,7 +10,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.files import check_writable, owned_directory
 from jaxunlearn.report import RunSummary, write_report
 from jaxunlearn.run import Run
-from jaxunlearn.runs import evaluate_run, run_embeddings
+from jaxunlearn.runs import evaluate, run_embeddings
 
 EMBEDDED_RETAIN = 2000
 """Retain samples embedded per model for the projection plot (the first ones in dataset order)."""
@@ -57,7 +57,7 @@ def report_runs(runs: list[str | Path], out_dir: str | Path) -> list[Path]:
     retain_shown = split.retain[:EMBEDDED_RETAIN]
     summaries = []
     for name, run in named.items():
-        metrics = evaluate_run(run, split, reference=reference if name != "retrain" else None, original=original)
+        metrics = evaluate(run, split, reference=reference if name != "retrain" else None, original=original)
         forget_feat, retain_feat = run_embeddings(run, [split.forget, retain_shown])
         summaries.append(RunSummary(
             name=name, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},

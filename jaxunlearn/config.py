@@ -56,6 +56,9 @@ class SupervisedHparams(Hparams):
     The learning rate of epoch e is ½·lr·(1 + cos(π·e/(epochs + 1))) (PyTorch CosineAnnealingLR with
     T_max = epochs + 1, stepped per epoch), constant within the epoch. Batches are full: each epoch drops
     the N mod batch_size samples left over after its shuffle.
+
+    augment: random crop (4 pixels of padding) and horizontal flip of every training image, each image's
+    draw from its own key (`jaxunlearn.data.augment`); off in the official recipe.
     """
 
     epochs: int = 100
@@ -63,6 +66,7 @@ class SupervisedHparams(Hparams):
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    augment: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +87,7 @@ class TrainConfig:
       depth sets a ViT's number of blocks (None: 12).
     precision: "f32", or "bf16" for bfloat16 forward and backward passes (parameters, optimizer state,
       BatchNorm statistics and the loss stay float32).
+    dropout: the rate of the model's dropout in training mode (`create_model`), 0 (none) by default.
     eval_sample: evaluate every run of this original on at most this many images of each part (the forget
       set, the retain set, the test and validation sets): a fixed random sample, the same for every run,
       recorded as `eval_sample` in the metrics; None evaluates every image. For data too large to evaluate
@@ -101,6 +106,7 @@ class TrainConfig:
     precision: str = "f32"
     validation_size: int | None = None
     eval_sample: int | None = None
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, Dataset):
@@ -120,6 +126,8 @@ class TrainConfig:
         if self.model not in MODELS:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         check_precision(self.precision)
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("train_size", "test_size", "depth", "validation_size", "eval_sample"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -11,7 +11,7 @@ from jaxunlearn.config import SupervisedHparams, TrainConfig, UnlearnConfig
 from jaxunlearn.data.splits import ForgetSpec
 from jaxunlearn.files import check_writable, write_json
 from jaxunlearn.run import training_data
-from jaxunlearn.runs import evaluate_run, obtain_split, train, unlearn
+from jaxunlearn.runs import evaluate, obtain_split, train, unlearn
 
 FORGET = ForgetSpec("class", classes=(5,))
 TRAIN = TrainConfig(dataset="digits", model="resnet18", width=0.125,
@@ -33,7 +33,7 @@ def _run(root: Path, json_path: str | None) -> dict[str, dict[str, float]]:
     original = root / "original"
     train(TRAIN, original)
     split = obtain_split(original, training_data(TRAIN), FORGET, "default", 0)
-    rows = {"original": evaluate_run(original, split)}
+    rows = {"original": evaluate(original, split)}
     rows["retrain"] = unlearn(UnlearnConfig(method="retrain", forget=FORGET, hparams={}), original, root / "retrain")
     rows["contrastive"] = unlearn(UnlearnConfig(method="contrastive", forget=FORGET, hparams={}), original,
                                   root / "contrastive")

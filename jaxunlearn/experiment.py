@@ -41,7 +41,7 @@ from jaxunlearn.methods import METHODS, get_method
 from jaxunlearn.report import write_seed_report
 from jaxunlearn.run import Run, training_data, with_defaults
 from jaxunlearn.evaluation.model import evaluate_model_outputs
-from jaxunlearn.runs import evaluate_run, obtain_split, resolve_hparams, train, unlearn, unlearn_run_config
+from jaxunlearn.runs import evaluate, obtain_split, resolve_hparams, train, unlearn, unlearn_run_config
 from jaxunlearn.tuning import SCORED_PARTS, Tuning, tuning_record
 
 REFERENCE = "retrain"
@@ -201,7 +201,7 @@ def _run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out: Pat
             _announce(f"{protocol.name} seed {seed}: {name}")
             started = time.perf_counter()
             unlearn(config, original, root / name, execution=execution)
-            metrics = evaluate_run(root / name, reference=load(REFERENCE), original=load("original"),
+            metrics = evaluate(root / name, reference=load(REFERENCE), original=load("original"),
                                    relearn=relearn)
             done[name] = {**metrics, "wall_seconds": time.perf_counter() - started}
             _write_record(record / f"{name}.json", Run(root / name).config, runs_dir)
@@ -229,7 +229,7 @@ def _run_experiment(protocol: ExperimentProtocol, runs_dir: str | Path, out: Pat
         if lost:
             check_rebuilt({name: load(name) for name in lost}, split, done)
         if "test_acc" not in done["original"]:
-            done["original"] = {**evaluate_run(load("original"), split, reference=load(REFERENCE), relearn=relearn),
+            done["original"] = {**evaluate(load("original"), split, reference=load(REFERENCE), relearn=relearn),
                                 "wall_seconds": done["original"]["wall_seconds"]}
             _save(results, results_path)
         if is_main_process():

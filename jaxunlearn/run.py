@@ -43,7 +43,7 @@ from jaxunlearn.data.dataset import Dataset, stratified_subset
 from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import Split, load_split, save_split
 from jaxunlearn.engine import checkpoint
-from jaxunlearn.engine.parallel import AXIS, is_main_process
+from jaxunlearn.engine.parallel import DATA_AXIS, is_main_process
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import Predictor, make_predictor
 from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, read_log, write_json
@@ -87,8 +87,8 @@ def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed
     """
     build = lambda: create_model(config.model, dataset.num_classes, in_channels=dataset.image_shape[-1],
                                  image_size=dataset.image_shape[:2], width=config.width, depth=config.depth,
-                                 seed=config.seed if seed is None else seed, bn_axis_name=AXIS, precision=precision,
-                                 conv=conv)
+                                 seed=config.seed if seed is None else seed, bn_axis_name=DATA_AXIS, precision=precision,
+                                 conv=conv, dropout=config.dropout)
     return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
 
 
@@ -472,11 +472,13 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
 def with_defaults(fields: dict[str, Any], config_class: type) -> dict[str, Any]:
     """`fields` of a `config_class` with the defaults of the fields it lacks: a run recorded before a field
     was added is the same configuration as one that sets it to its default."""
-    defaults = {field.name: to_json(field.default if field.default_factory is dataclasses.MISSING
-                                    else field.default_factory())
+    defaults = {field.name: (field.default if field.default_factory is dataclasses.MISSING
+                             else field.default_factory())
                 for field in dataclasses.fields(config_class)
                 if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING}
-    return {**defaults, **fields}
+    nested = {name: with_defaults(fields[name], type(default)) for name, default in defaults.items()
+              if dataclasses.is_dataclass(default) and isinstance(fields.get(name), dict)}
+    return {**{name: to_json(default) for name, default in defaults.items()}, **fields, **nested}
 
 
 def as_run(run: "str | Path | Run") -> Run:

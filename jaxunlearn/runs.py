@@ -1,4 +1,4 @@
-"""The shared harness: `train`, `unlearn` and `evaluate_run` as library functions over a run directory
+"""The shared harness: `train`, `unlearn` and `evaluate` as library functions over a run directory
 (`jaxunlearn.run.Run` owns its layout).
 
 Every method goes through `unlearn`, which builds the data, the model and the split, validates everything
@@ -26,7 +26,7 @@ from jaxunlearn.engine.epoch import steps_in
 from jaxunlearn.engine.loop import Procedure, fit
 from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
-from jaxunlearn.engine.state import TrainState, create_state
+from jaxunlearn.engine.state import TrainState, create_state, model_key
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, sampled,
                                            split_parts, whole_sets)
@@ -36,7 +36,7 @@ from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
 from jaxunlearn.evaluation.suite import reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
-from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
+from jaxunlearn.methods.supervised import supervised_objective, supervised_optimizer, supervised_plan
 from jaxunlearn.run import (MODEL_SPLITS_DIR, SUBSETS_FILE, Run, as_run, config_hash, model_state, split_name,
                             training_data)
 
@@ -88,12 +88,13 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         predict = make_predictor(graphdef, data.mean, data.std)
         held_out_sets = whole_sets(dataset, config.eval_sample)
         procedure = Procedure(
-            loss_fn=supervised_loss, tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
+            loss_fn=supervised_objective(config.recipe), tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
             evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, host_labels(dataset),
                                                      held_out_sets),
             should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
         )
-        states = [create_state(params, batch_stats, tx) for _, params, batch_stats in initial]
+        states = [create_state(params, batch_stats, tx, key=model_key(seed))
+                  for seed, (_, params, batch_stats) in zip(members, initial)]
         state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, run.path,
                           (run.step_log_path, run.epoch_log_path), meta, "train",
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
@@ -354,14 +355,14 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         fresh = lambda: model_state(original, dataset, initialise=True, seed=original.seed + 1)[1:]
         steps_per_epoch = [steps_in(plans[0](epoch)) for epoch in range(hparams.epochs)]
         states, auxes, tx, schedule = [], [], None, None
-        for context, (_, params, batch_stats) in zip(contexts, starts):
+        for model, (context, (_, params, batch_stats)) in enumerate(zip(contexts, starts)):
             start = StartingModel(graphdef=graphdef, params=params, batch_stats=batch_stats,
                                   forward=eval_forward(graphdef), data=data, fresh=fresh)
             aux = method.prepare(hparams, context, start)
             extra = method.init_extra(hparams, context, start)
             model_tx, model_schedule = method.optimizer(hparams, steps_per_epoch, aux)
             tx, schedule = tx or model_tx, schedule or model_schedule  # one update for all: see Method.optimizer
-            states.append(create_state(params, batch_stats, model_tx, extra))
+            states.append(create_state(params, batch_stats, model_tx, extra, key=model_key(context.seed, model)))
             auxes.append(aux)
         predict = make_predictor(graphdef, data.mean, data.std)
         parts = [split_parts(split, dataset.test_labels, dataset.validation_labels, original.eval_sample)
@@ -418,7 +419,7 @@ def _reference_run(reference: Run, run: Run, split: Split) -> None:
         raise UserError(f"reference {reference.path} unlearned another original than the evaluated run")
 
 
-def evaluate_run(run: str | Path | Run, split: Split | None = None, *, reference: str | Path | Run | None = None,
+def evaluate(run: str | Path | Run, split: Split | None = None, *, reference: str | Path | Run | None = None,
                  original: Run | None = None, relearn: RelearnSettings = RelearnSettings()) -> dict[str, float]:
     """Evaluate the latest checkpoint of any run; writes `run/metrics.json`.
 

@@ -36,7 +36,7 @@ from jaxunlearn.data.splits import make_split, parse_forget
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.engine.ensemble import make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack
 from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks, steps_in
-from jaxunlearn.engine.parallel import AXIS, Execution, data_mesh, local_replica, replicate
+from jaxunlearn.engine.parallel import DATA_AXIS, Execution, data_mesh, local_replica, replicate
 from jaxunlearn.engine.state import TrainState, create_state
 from jaxunlearn.engine.step import eval_forward, make_train_step
 from jaxunlearn.errors import UserError
@@ -57,9 +57,9 @@ class SmallEmbedding(nnx.Module):
 
     def __init__(self, in_channels: int, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(in_channels, 8, (3, 3), use_bias=False, rngs=rngs)
-        self.norm1 = MaskedBatchNorm(8, axis_name=AXIS, rngs=rngs)
+        self.norm1 = MaskedBatchNorm(8, axis_name=DATA_AXIS, rngs=rngs)
         self.conv2 = nnx.Conv(8, 16, (3, 3), strides=2, use_bias=False, rngs=rngs)
-        self.norm2 = MaskedBatchNorm(16, axis_name=AXIS, rngs=rngs)
+        self.norm2 = MaskedBatchNorm(16, axis_name=DATA_AXIS, rngs=rngs)
         self.projection = nnx.Linear(16, 16, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:

@@ -22,7 +22,7 @@ from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import ForgetSpec, Split, parse_forget
 from jaxunlearn.engine.epoch import steps_in
 from jaxunlearn.engine.step import StepContext
-from jaxunlearn.engine.parallel import AXIS, data_mesh
+from jaxunlearn.engine.parallel import DATA_AXIS, data_mesh
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.evaluation.accuracy import evaluate_parts, make_predictor, split_parts
 from jaxunlearn.methods import Context, get_method
@@ -219,12 +219,12 @@ def test_neggrad_plus_loss_is_beta_retain_ce_minus_forget_ce_over_the_real_sampl
     def per_device(r_logits, r_labels, r_weight, f_logits, f_labels, f_weight):
         batch = {"retain": (r_logits, r_labels), "forget": (f_logits, f_labels)}
         value, parts = loss(logits_model, batch, step_context({"retain_weight": r_weight, "forget_weight": f_weight}))
-        return jax.lax.pmean((value, parts), AXIS)  # what the engine does with the devices' losses
+        return jax.lax.pmean((value, parts), DATA_AXIS)  # what the engine does with the devices' losses
 
     mesh = data_mesh(8)
-    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS),) * 6, out_specs=P()))
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(DATA_AXIS),) * 6, out_specs=P()))
     inputs = (retain_logits, retain_labels, retain_weight, forget_logits, forget_labels, forget_weight)
-    value, parts = sharded(*jax.device_put(inputs, NamedSharding(mesh, P(AXIS))))
+    value, parts = sharded(*jax.device_put(inputs, NamedSharding(mesh, P(DATA_AXIS))))
     retain_ce = cross_entropy64(retain_logits, retain_labels).mean()
     forget_ce = cross_entropy64(forget_logits[:5], forget_labels[:5]).mean()
     # float32 softmax and sums of 16 terms: relative error ~1e-6.

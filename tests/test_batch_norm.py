@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn.engine.parallel import AXIS, data_mesh
+from jaxunlearn.engine.parallel import DATA_AXIS, data_mesh
 from jaxunlearn.models.batch_norm import MaskedBatchNorm
 
 MOMENTUM, EPSILON = 0.9, 1e-5
@@ -50,12 +50,12 @@ def layer(axis_name: str | None) -> MaskedBatchNorm:
 
 def split_over(mesh, *arrays: np.ndarray) -> list[jax.Array]:
     """Each array's leading axis split over the mesh's devices."""
-    return [jax.device_put(jnp.asarray(a), NamedSharding(mesh, P(AXIS))) for a in arrays]
+    return [jax.device_put(jnp.asarray(a), NamedSharding(mesh, P(DATA_AXIS))) for a in arrays]
 
 
 def sharded_call(x: np.ndarray, mask: np.ndarray):
     """The layer in training mode under shard_map on 3 devices: (output, running mean, running var)."""
-    graphdef, state = float64_split(layer(AXIS))
+    graphdef, state = float64_split(layer(DATA_AXIS))
 
     def per_device(state, x, mask):
         bn = nnx.merge(graphdef, state, copy=True)
@@ -63,8 +63,8 @@ def sharded_call(x: np.ndarray, mask: np.ndarray):
         return y, bn.mean[...], bn.var[...]
 
     mesh = data_mesh(3)
-    run = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                                out_specs=(P(AXIS), P(), P()), check_vma=False))
+    run = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+                                out_specs=(P(DATA_AXIS), P(), P()), check_vma=False))
     return run(state, *split_over(mesh, x, mask))
 
 
@@ -84,16 +84,16 @@ def test_statistics_and_output_use_only_the_real_samples_of_all_devices():
 def test_padding_slots_receive_no_gradient():
     with jax.enable_x64(True):
         x = hand_made_batch()
-        graphdef, state = float64_split(layer(AXIS))
+        graphdef, state = float64_split(layer(DATA_AXIS))
 
         def per_device(x, mask):
             def loss(x):
                 y = nnx.merge(graphdef, state, copy=True)(x, use_running_average=False, mask=mask)
-                return jax.lax.psum(jnp.sum(mask[:, None, None, None] * jnp.sin(y)), AXIS)
+                return jax.lax.psum(jnp.sum(mask[:, None, None, None] * jnp.sin(y)), DATA_AXIS)
             return jax.grad(loss)(x)
 
         mesh = data_mesh(3)
-        grad = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS),
+        grad = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
                                      check_vma=False))(*split_over(mesh, x, MASK))
         grad = np.asarray(grad)
         assert np.all(grad[MASK == 0] == 0) and np.all(np.abs(grad[MASK > 0]).sum(axis=(1, 2, 3)) > 0)

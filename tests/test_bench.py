@@ -27,6 +27,7 @@ import pytest
 
 from jaxunlearn.bench import BenchConfig, format_report, model_step_flops, run_bench
 from jaxunlearn.cli import main
+from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.peak_flops import PEAKS, chip_peak, devices_peak, mfu
 
 TINY = ["--model", "resnet18", "--width", "0.125", "--batch", "8", "--image-size", "16", "--channels", "3",
@@ -176,8 +177,8 @@ def test_peak_table_knows_the_chips_by_the_names_jax_gives_them(device_kind, chi
 ])
 def test_paper_scale_flops_match_an_analytical_count(model, hand_count):
     """The train step of 256 images at full width, 32×32×3 (compiled, not run)."""
-    config = BenchConfig(model=model, width=1.0, batch=128, image_size=32, channels=3, classes=10, devices=1, steps=1,
-                         repeats=1)
+    config = BenchConfig(model=model, width=1.0, batch=128, image_size=32, channels=3, classes=10,
+                         execution=Execution(devices=1), steps=1, repeats=1)
     ratio = model_step_flops(config, "train") / hand_count
     assert PAPER_SCALE_FLOP_RATIO_RANGE[0] <= ratio <= PAPER_SCALE_FLOP_RATIO_RANGE[1]
 
@@ -185,8 +186,8 @@ def test_paper_scale_flops_match_an_analytical_count(model, hand_count):
 @pytest.mark.slow
 def test_bench_times_models_side_by_side_both_ways(capsys):
     """--models K: the same step for K models, one after another and vmapped, per model-step."""
-    config = BenchConfig(model="resnet18", width=0.125, batch=4, image_size=8, channels=1, devices=2, steps=2,
-                         repeats=1, models=4)
+    config = BenchConfig(model="resnet18", width=0.125, batch=4, image_size=8, channels=1,
+                         execution=Execution(devices=2), steps=2, repeats=1, models=4)
     result = run_bench(config)
     for kind in ("cu", "train"):
         layouts = result["steps"][kind]["models"]
@@ -214,8 +215,8 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
 @pytest.mark.slow
 def test_cost_analysis_counts_a_loop_body_once_and_flops_scale_with_batch_and_devices():
     def bench(batch, devices):
-        config = BenchConfig(width=0.125, image_size=16, batch=batch, devices=devices, epoch_loop="scan", steps=2,
-                             repeats=1)
+        config = BenchConfig(width=0.125, image_size=16, batch=batch,
+                             execution=Execution(devices=devices, epoch_loop="scan"), steps=2, repeats=1)
         return run_bench(config)["steps"]
 
     small, large, split = bench(4, 1), bench(8, 1), bench(8, 2)

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxunlearn.engine import checkpoint
-from jaxunlearn.engine.state import create_state
+from jaxunlearn.engine.state import create_state, model_key
 from jaxunlearn.errors import UserError
 from jaxunlearn.models import create_model
 
@@ -21,7 +21,7 @@ def small_state(width=0.125, seed=0):
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optax.sgd(0.1, momentum=0.9)
     extra = {"shadow": jax.numpy.full((3,), float(seed) + 0.5)}
-    state = create_state(params, batch_stats, tx, extra)
+    state = create_state(params, batch_stats, tx, extra, key=model_key(seed, 1))
     # A non-trivial optimizer state and step, so the round trip is not of zeros.
     trainable = (params, extra)
     grads = jax.tree.map(lambda p: p * 0.5 + 1.0, trainable)
@@ -49,6 +49,8 @@ def test_full_state_round_trip_is_exact(tmp_path):
     assert_trees_equal(restored.opt_state, state.opt_state)
     assert_trees_equal(restored.extra, state.extra)
     assert int(restored.step) == 7
+    assert_trees_equal(restored.key, state.key)  # the PRNG key: a resumed step draws what the killed one would
+    assert not np.array_equal(state.key, small_state(seed=1).key)
     assert checkpoint.latest_epoch(tmp_path) == 3
     assert checkpoint.read_meta(tmp_path)["note"] == "x"
 

@@ -14,7 +14,7 @@ import pytest
 from jaxunlearn.engine import checkpoint
 from jaxunlearn.cli import in_flags, main
 from jaxunlearn.data.splits import load_split
-from jaxunlearn.runs import evaluate_run
+from jaxunlearn.runs import evaluate
 
 
 
@@ -25,7 +25,7 @@ def run_cli(*args) -> int:
 @pytest.mark.slow
 def test_contrastive_forgets_the_class_and_keeps_the_rest(digits_run, contrastive_run):
     source, _ = digits_run
-    original = evaluate_run(source, load_split(contrastive_run / "split.npz"))
+    original = evaluate(source, load_split(contrastive_run / "split.npz"))
     unlearned = json.loads((contrastive_run / "metrics.json").read_text())
     assert original["forget_test_acc"] > 0.8  # there was something to forget
     assert unlearned["forget_test_acc"] <= 1 / 10  # the official termination rule, C = 10
@@ -182,7 +182,7 @@ def test_a_killed_run_keeps_its_last_checkpoint_and_resumes(tmp_path):
     process.wait()
     kept = checkpoint.latest_epoch(workdir)
     assert kept is not None and 2 <= kept < 12
-    assert evaluate_run(workdir)["test_acc"] > 0.1  # the kept checkpoint loads and predicts
+    assert evaluate(workdir)["test_acc"] > 0.1  # the kept checkpoint loads and predicts
 
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr

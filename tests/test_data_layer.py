@@ -40,6 +40,7 @@ def original(shared):
                   and directory)
 
 
+@pytest.mark.slow  # whole runs, twice each: `make test-long`
 @pytest.mark.parametrize("devices, backend", [(1, "shard_map"), (8, "shard_map"), (8, "pmap")])
 def test_streamed_and_resident_training_take_the_same_steps(tmp_path, devices, backend):
     for placed in ("device", "stream"):
@@ -53,6 +54,7 @@ def test_streamed_and_resident_training_take_the_same_steps(tmp_path, devices, b
     ("contrastive", "class:5", {"epochs": "1"}),  # 146 forget images: a partial batch, padded on 8 devices
     ("random_label", "random:100", {"epochs": "1", "batch_size": "100"}),
 ])
+@pytest.mark.slow  # whole runs, twice each: `make test-long`
 @pytest.mark.parametrize("devices", [1, 8])
 def test_streamed_and_resident_unlearning_take_the_same_steps(original, tmp_path, method, forget, overrides,
                                                               devices):

@@ -28,7 +28,7 @@ from jaxunlearn.engine.ensemble import (
 )
 from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks
 from jaxunlearn.engine.step import make_train_step
-from jaxunlearn.engine.parallel import AXIS, Execution, data_mesh, local_replica, replicate
+from jaxunlearn.engine.parallel import DATA_AXIS, Execution, data_mesh, local_replica, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods import METHODS, Context, get_method
@@ -47,7 +47,7 @@ def digits():
 
 
 def initial_state(seed, tx, dtype):
-    model = create_model("resnet18", 10, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)
+    model = create_model("resnet18", 10, in_channels=1, width=0.0625, seed=seed, bn_axis_name=DATA_AXIS)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = jax.tree.map(lambda x: x.astype(dtype), (params, batch_stats))
     return graphdef, create_state(params, batch_stats, tx)

@@ -12,7 +12,7 @@ and is not checked. What is exported (digits-sized 8×8×1 images throughout):
   of the plan, by its columns, and padded to the devices where its width does not divide); and its
   many-model program (`make_models_epoch_fn`, scanned, 2 models vmapped per device, 16 models on 8 devices:
   each device runs the program that steps 2 models on 1 device, the mesh adds only the model axis's
-  layout). Float32 on tests/small_model.py on 1 device and on 8; bf16 on vit_small (width 0.0625, depth 1)
+  layout). Float32 on jaxunlearn.testing.small_model on 1 device and on 8; bf16 on vit_small (width 0.0625, depth 1)
   on 8 (its per-device program is the 1-device one plus the reductions over devices);
 - the CU and train steps of `jaxunlearn.bench` (contrastive and supervised losses) on ResNet-18 at width
   0.0625, float32 and bf16, as shapes only (`nnx.eval_shape`): both epoch forms under `jax.pmap` on 8
@@ -69,15 +69,16 @@ from jaxunlearn.engine.ensemble import (
     make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
 )
 from jaxunlearn.engine.loop import StepProgress, make_epoch_fn, place_blocks
-from jaxunlearn.engine.parallel import AXIS, Execution, data_mesh, replicate
+from jaxunlearn.engine.parallel import DATA_AXIS, Execution, data_mesh, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.engine.step import make_step, make_train_step
 from jaxunlearn.evaluation.accuracy import CHUNK, _predict_padded
 from jaxunlearn.methods import METHODS
+from jaxunlearn.methods.base import BUILT_IN
 from jaxunlearn.methods.supervised import supervised_loss
 from jaxunlearn.models import create_model
-from small_model import small_model
-from test_method_contract import setup as method_setup
+from jaxunlearn.testing import setup as method_setup, small_model
+from test_method_contract import SMALL
 
 PLATFORMS = ("cuda", "tpu")
 DEVICE_COUNTS = (1, 8)
@@ -88,11 +89,11 @@ SCANNED_STEPS = 2
 
 def vit_bf16(num_classes: int, seed: int):
     return create_model("vit_small", num_classes, in_channels=1, image_size=(8, 8), width=0.0625, depth=1,
-                        seed=seed, bn_axis_name=AXIS, precision="bf16")
+                        seed=seed, bn_axis_name=DATA_AXIS, precision="bf16")
 
 
 def resnet(precision: str, num_classes: int = 10):
-    return create_model("resnet18", num_classes, in_channels=1, image_size=(8, 8), width=0.0625, bn_axis_name=AXIS,
+    return create_model("resnet18", num_classes, in_channels=1, image_size=(8, 8), width=0.0625, bn_axis_name=DATA_AXIS,
                         precision=precision)
 
 
@@ -162,12 +163,15 @@ def distinct_steps(plan, devices: int) -> list[dict[str, np.ndarray]]:
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", [name if name == "contrastive" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in BUILT_IN])  # CU's in `make test`, the baselines' in `make test-long`
 def test_every_method_exports_for_gpu_and_tpu(name, precision, digits):
     """Each method's epoch, scanned and stepped (float32 on 1 and 8 devices, bf16 on 8), and its many-model
     program."""
     dataset, data = digits
-    _, _, plan, loss_fn, tx, state, aux, graphdef = method_setup(name, dataset, data, build=METHOD_MODELS[precision])
+    forget, overrides = SMALL[name]
+    ready = method_setup(METHODS[name], forget, overrides, dataset, data, build=METHOD_MODELS[precision])
+    plan, loss_fn, tx, state, aux, graphdef = ready.plan, ready.loss_fn, ready.tx, ready.state, ready.aux, ready.graphdef
     scanned_plan = [first_rows(plan[0], SCANNED_STEPS)]
     for devices in DEVICE_COUNTS if precision == "f32" else (8,):
         mesh = data_mesh(devices)
@@ -244,7 +248,7 @@ def test_cu_and_train_steps_export_under_pmap_and_streamed(kind, resnet_steps):
         mesh = data_mesh(devices)
         epoch_fn = make_epoch_fn(graphdef, tx, loss_fn, *normalisation, mesh, streamed=True)
         columns = {name: columns[0] for name, columns in place_blocks([block], mesh, "shard_map")[0].items()}
-        exported = export_for_accelerators(epoch_fn.compiled, on_mesh(state, mesh), on_mesh(batch, mesh, P(AXIS)),
+        exported = export_for_accelerators(epoch_fn.compiled, on_mesh(state, mesh), on_mesh(batch, mesh, P(DATA_AXIS)),
                                            None, columns, 0)
         assert_lowered(exported, devices, precision)
         streamed_images = [aval.shape for aval in exported.in_avals if aval.dtype == np.uint8]
@@ -286,9 +290,9 @@ def test_host_callbacks_lower_for_cuda_and_tpu_but_do_not_export(digits, monkeyp
     mesh = data_mesh(8)
     sharded = lambda check_labels: jax.jit(jax.shard_map(
         make_step(graphdef, tx, supervised_loss, axis="shard_map", check_labels=check_labels), mesh=mesh,
-        in_specs=(P(), P(AXIS)), out_specs=(P(), P())))
+        in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P())))
     programs.append(("label check on 8", sharded(True), sharded(False),
-                     (replicate(state, mesh), jax.device_put(batch, NamedSharding(mesh, P(AXIS)))), 8))
+                     (replicate(state, mesh), jax.device_put(batch, NamedSharding(mesh, P(DATA_AXIS)))), 8))
 
     for name, with_callback, without, args, devices in programs:
         assert_lowered(export_for_accelerators(without, *args), devices, "f32")

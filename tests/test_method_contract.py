@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxunlearn import testing
-from jaxunlearn.engine.parallel import AXIS
+from jaxunlearn.engine.parallel import DATA_AXIS
 from jaxunlearn.methods import METHODS
 from jaxunlearn.methods.base import BUILT_IN
 from jaxunlearn.models import EmbeddingClassifier, relu_l2_normalise
@@ -40,7 +40,7 @@ class UserEmbedding(nnx.Module):
 
     def __init__(self, rngs):
         self.conv = nnx.Conv(1, 8, (3, 3), strides=2, use_bias=False, rngs=rngs)  # BatchNorm follows
-        self.norm = nnx.BatchNorm(8, axis_name=AXIS, rngs=rngs)
+        self.norm = nnx.BatchNorm(8, axis_name=DATA_AXIS, rngs=rngs)
         self.out = nnx.Linear(8, 16, rngs=rngs)
 
     def __call__(self, x, *, train):

@@ -25,10 +25,10 @@ from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.sources import load_dataset
 from jaxunlearn.data.splits import make_split, parse_forget
 from jaxunlearn.engine.epoch import make_epoch_fn, place_blocks
-from jaxunlearn.engine.parallel import AXIS, PADDING_MASK, data_mesh, local_replica, pad_to_devices, replicate
+from jaxunlearn.engine.parallel import DATA_AXIS, PADDING_MASK, data_mesh, local_replica, pad_to_devices, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.methods import Context, get_method
-from jaxunlearn.methods.supervised import supervised_loss
+from jaxunlearn.methods.supervised import augmented_supervised_loss, supervised_loss
 from jaxunlearn.models import create_model
 from jaxunlearn.testing import small_model
 
@@ -42,7 +42,7 @@ def digits():
 
 
 def resnet(num_classes, seed):
-    return create_model("resnet18", num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=AXIS)
+    return create_model("resnet18", num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=DATA_AXIS)
 
 
 def run_steps(dataset, loss_fn, blocks, devices, backend, dtype, learning_rate=0.05, loop="auto", build=resnet):
@@ -162,3 +162,27 @@ def test_a_host_loop_over_one_compiled_step_equals_the_scanned_epoch(digits, dev
         stepped = run_steps(digits, supervised_loss, blocks, devices, backend, "float64", loop="steps")
     assert len(scanned[0]) == 5 and len(set(scanned[0])) == 5
     assert_same_run(scanned, stepped, "float64")
+
+
+def dropout_resnet(num_classes, seed):
+    return create_model("resnet18", num_classes, in_channels=1, width=0.0625, seed=seed, bn_axis_name=DATA_AXIS,
+                        dropout=0.5)
+
+
+@pytest.mark.parametrize("case", ["augmented-supervised", "contrastive-class"])
+def test_dropout_and_augmentation_draw_the_same_on_1_2_and_8_devices(digits, case):
+    """Each example's dropout mask and crop come from its own key (its position in the global batch), so
+    the steps of a model with dropout (and, training, the crop-and-flip recipe) are the same on every device
+    count: float64, the module's policy. The draws matter: without them the losses differ by far more."""
+    if case == "augmented-supervised":
+        loss_fn, blocks = augmented_supervised_loss, supervised_case(digits)[1]
+    else:
+        loss_fn, blocks = contrastive_case(digits, "class")
+    with jax.enable_x64(True):
+        reference = run_steps(digits, loss_fn, blocks, 1, "shard_map", "float64", build=dropout_resnet)
+        deterministic = run_steps(digits, supervised_loss if case == "augmented-supervised" else loss_fn, blocks,
+                                  1, "shard_map", "float64")
+        assert np.abs(reference[0] - deterministic[0]).max() > 1e-3
+        for devices, backend in ((2, "shard_map"), (8, "shard_map"), (8, "pmap")):
+            assert_same_run(reference, run_steps(digits, loss_fn, blocks, devices, backend, "float64",
+                                                 build=dropout_resnet), "float64")

@@ -57,7 +57,7 @@ def test_bf16_model_keeps_float32_state_and_outputs(digits, name, options):
         def run(graphdef):  # under a one-element DATA_AXIS, which the BatchNorm statistics average over
             forward = lambda x: nnx.merge(graphdef, params, batch_stats, copy=True)(x, train=train)
             return jax.tree.map(lambda y: y[0], jax.vmap(forward, axis_name=ju.DATA_AXIS)(images[None]))
-        (logits32, feat32), (logits16, feat16) = run(graphdef32), run(graphdef16)
+        (_, feat32), (logits16, feat16) = run(graphdef32), run(graphdef16)
         assert logits16.dtype == feat16.dtype == jnp.float32
         assert float(jnp.abs(feat16 - feat32).max()) < (1e-1 if train else 1e-2)  # rows of norm ≤ 1
         assert float(jnp.abs(feat16 - feat32).max()) > 0  # it did compute in bfloat16

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from jaxunlearn.report import (AVG_GAP_METRICS, DEFAULT_TABLE_METRICS, FIGURES, RunSummary, gap_table,
+from jaxunlearn.report import (AVERAGE_GAP_METRICS, TABLE_METRICS, FIGURES, RunSummary, gap_table,
                                write_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +57,7 @@ def test_gap_table_cells():
     rows = _rows(gap_table(_runs()))
     assert list(rows) == ["original", "retrain (reference)", "contrastive"]
     header = list(rows["contrastive"])
-    # Columns: the DEFAULT_TABLE_METRICS some run has, in order (mia_confidence_auc and friends: none has them).
+    # Columns: the TABLE_METRICS some run has, in order (mia_confidence_auc and friends: none has them).
     assert header == ["run", "forget_train_acc (%)", "forget_test_acc (%)", "retain_train_acc (%)", "test_acc (%)",
                       "mia_efficacy (%)", "mia_loss_auc (%)", "js_forget", "seconds (s)", "steps", "avg gap (%)"]
 
@@ -99,7 +99,7 @@ def test_gap_table_avg_gap_uses_only_shared_metrics_and_custom_columns():
     assert rows["a"]["avg gap (%)"] == "4.00"  # (|13 − 10| + |75 − 80|) / 2; mia_efficacy has no reference
     assert rows["b"]["test_acc (%)"] == "–"
     assert rows["b"]["avg gap (%)"] == "–"
-    assert set(AVG_GAP_METRICS) <= set(DEFAULT_TABLE_METRICS)
+    assert set(AVERAGE_GAP_METRICS) <= set(TABLE_METRICS)
 
 
 def test_gap_table_other_reference_and_unknown_names():
@@ -177,3 +177,15 @@ def test_write_report_rejects_mismatched_embedding_widths(tmp_path):
     with pytest.raises(ValueError, match="5-dimensional"):
         write_report([*runs, bad], tmp_path)
     assert list(tmp_path.iterdir()) == []  # validated before anything is written
+
+
+def test_every_metric_names_the_function_that_computes_it():
+    # Metric.computed_by is the docs' pointer from a metrics.json key to its code: a renamed or moved function
+    # must fail here rather than leave the registry pointing nowhere.
+    import importlib
+
+    from jaxunlearn.evaluation.metrics import REGISTRY
+
+    for entry in REGISTRY:
+        module, _, function = entry.computed_by.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function, None)), (entry.name, entry.computed_by)

@@ -185,18 +185,6 @@ def save_indices(path: str | os.PathLike, indices: np.ndarray) -> None:
     _save_npz(path, indices=np.asarray(indices, np.int64), hash=np.array(index_hash(indices)))
 
 
-def load_indices(path: str | os.PathLike) -> np.ndarray:
-    """Read an array written by `save_indices`; UserError if missing, corrupt or tampered with."""
-    try:
-        with open(path, "rb") as file, np.load(file, allow_pickle=False) as contents:
-            indices, stored_hash = contents["indices"], str(contents["hash"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"cannot read index file {path}: {error}") from None
-    if index_hash(indices) != stored_hash:
-        raise UserError(f"index file {path} fails its hash check (edited or corrupted)")
-    return indices
-
-
 def load_split(path: str | os.PathLike) -> Split:
     """Read a split written by ``save_split``; UserError if missing, corrupt or tampered with."""
     path = Path(path)

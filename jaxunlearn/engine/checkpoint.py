@@ -55,7 +55,8 @@ def save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, meta: di
     the parameters (`tree_hash`), which identifies the model this checkpoint holds."""
     items = dict(
         params=ocp.args.StandardSave(state.params),
-        opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "extra": state.extra, "step": state.step}),
+        opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "extra": state.extra, "step": state.step,
+                                          "key": state.key}),
         meta=ocp.args.JsonSave({**meta, "params_hash": tree_hash(state.params)}),
     )
     if _has_leaves(state.batch_stats):  # a model without BatchNorm (ViT) has none, and Orbax saves no empty item
@@ -123,7 +124,7 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
     items = dict(
         params=ocp.args.StandardRestore(_abstract(like.params)),
         opt_state=ocp.args.StandardRestore(
-            _abstract({"opt_state": like.opt_state, "extra": like.extra, "step": like.step})
+            _abstract({"opt_state": like.opt_state, "extra": like.extra, "step": like.step, "key": like.key})
         ),
         meta=ocp.args.JsonRestore(),
     )
@@ -135,6 +136,7 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
     state = TrainState(
         params=restored["params"], batch_stats=restored.get("batch_stats", like.batch_stats),
         opt_state=optimizer["opt_state"], extra=optimizer["extra"], step=optimizer["step"],
+        key=optimizer["key"],
     )
     return state, dict(_checked_meta(restored["meta"], f"{manager.directory} step {epoch}"))
 

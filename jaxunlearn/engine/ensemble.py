@@ -4,7 +4,7 @@ A run of K models keeps every piece of state with a leading model axis: paramete
 optimizer state, a method's constants (`aux`) and its extra parameters. Every model has its own seed (its
 initialisation when trained from scratch, its data order and random draws) and may have its own split.
 
-The model axis is laid out on a 2-D mesh (`MODEL_AXIS` × `AXIS`) of D devices × 1: device d holds every
+The model axis is laid out on a 2-D mesh (`MODEL_AXIS` × `DATA_AXIS`) of D devices × 1: device d holds every
 D-th block of models and steps each of them on whole batches, so the batch axis the losses and BatchNorm
 reduce over has size 1. The K models run in groups of D·m: one compiled program steps a group, each device
 its m models at once (`jax.vmap`; with m = 1 the model axis is squeezed away and the program is the
@@ -24,18 +24,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxunlearn.engine.parallel import AXIS, MODEL_AXIS, Execution
+from jaxunlearn.engine.parallel import DATA_AXIS, MODEL_AXIS, Execution
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.errors import UserError
 
 
 @dataclass(frozen=True)
 class Ensemble:
-    """The layout of a run's K models: `mesh` (`MODEL_AXIS` × `AXIS`, D × 1) and m = `per_device` models
+    """The layout of a run's K models: `mesh` (`MODEL_AXIS` × `DATA_AXIS`, D × 1) and m = `per_device` models
     stepped at once by each device; groups of D·m models run one after another."""
 
     count: int
@@ -84,7 +82,7 @@ def make_ensemble(count: int, execution: Execution) -> Ensemble:
     if per_device < 1 or (count // devices) % per_device:
         raise UserError(f"models per device must divide the {count // devices} models of each of the "
                         f"{devices} devices, got {per_device}")
-    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:devices]).reshape(devices, 1), (MODEL_AXIS, AXIS),
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:devices]).reshape(devices, 1), (MODEL_AXIS, DATA_AXIS),
                              axis_types=(jax.sharding.AxisType.Explicit,) * 2)
     return Ensemble(count=count, mesh=mesh, per_device=per_device)
 
@@ -125,7 +123,7 @@ def stack_plans(plans: Sequence[Sequence[dict[str, np.ndarray]]]) -> list[dict[s
 def place_group_blocks(blocks: Sequence[dict[str, np.ndarray]], ensemble: Ensemble, loop: str) -> tuple:
     """A group's blocks {column: [D·m, steps, B]} on the mesh: [steps, D·m, B] for a scanned epoch,
     the model axis split over the devices (the batch axis has one device)."""
-    sharding = NamedSharding(ensemble.mesh, P(None, MODEL_AXIS, AXIS) if loop == "scan" else P(MODEL_AXIS, AXIS))
+    sharding = NamedSharding(ensemble.mesh, P(None, MODEL_AXIS, DATA_AXIS) if loop == "scan" else P(MODEL_AXIS, DATA_AXIS))
     if loop == "scan":
         return tuple({name: jax.device_put(np.swapaxes(c, 0, 1), sharding) for name, c in block.items()}
                      for block in blocks)
@@ -164,9 +162,9 @@ def make_models_epoch_fn(train_step, ensemble: Ensemble, loop: str) -> "ModelsEp
 
     models = P(MODEL_AXIS)
     if loop == "scan":
-        per_device_fn, columns_spec, metrics_spec = scanned_epoch, P(None, MODEL_AXIS, AXIS), P(None, MODEL_AXIS)
+        per_device_fn, columns_spec, metrics_spec = scanned_epoch, P(None, MODEL_AXIS, DATA_AXIS), P(None, MODEL_AXIS)
     else:
-        per_device_fn, columns_spec, metrics_spec = one_step, P(MODEL_AXIS, AXIS), models
+        per_device_fn, columns_spec, metrics_spec = one_step, P(MODEL_AXIS, DATA_AXIS), models
     compiled = jax.jit(jax.shard_map(per_device_fn, mesh=ensemble.mesh,
                                      in_specs=(models, P(), P(), models, columns_spec, P(), models),
                                      out_specs=(models, metrics_spec)), donate_argnums=0)
@@ -184,7 +182,7 @@ class ModelsEpochFn:
     def __call__(self, state, images, labels, aux, blocks, epoch: int, active) -> tuple[Any, dict[str, jax.Array]]:
         if self.loop == "scan":
             return self.compiled(state, images, labels, aux, blocks, epoch, active)
-        sharding = NamedSharding(self.ensemble.mesh, P(MODEL_AXIS, AXIS))
+        sharding = NamedSharding(self.ensemble.mesh, P(MODEL_AXIS, DATA_AXIS))
         metrics = []
         for block in blocks:
             for row in range(next(iter(block.values())).shape[1]):
@@ -193,14 +191,3 @@ class ModelsEpochFn:
                 metrics.append(step_metrics)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
-
-def group_optimizer_states(tx_for: Sequence[optax.GradientTransformation], trainables: Sequence[Any]) -> Any:
-    """Stacked optimizer states [K, ...] of K models, each initialised by its own transformation (a method's
-    optimizer may hold a per-model constant in its state, SalUn's mask)."""
-    return stack([tx.init(trainable) for tx, trainable in zip(tx_for, trainables)])
-
-
-def split_model_axis(tree: Any) -> list[nnx.State]:
-    """A stacked pytree [K, ...] → K pytrees (host numpy)."""
-    count = len(jax.tree.leaves(tree)[0])
-    return [jax.tree.map(lambda x: np.asarray(x)[k], tree) for k in range(count)]

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from jaxunlearn.engine.parallel import AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, pad_to_devices, shard_columns
+from jaxunlearn.engine.parallel import DATA_AXIS, BACKENDS, EPOCH_LOOPS, Backend, EpochLoop, pad_to_devices, shard_columns
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.engine.step import LossFn, make_train_step
 from jaxunlearn.errors import UserError
@@ -66,11 +66,11 @@ def make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss
         # A scanned block is [steps, devices, B/devices] (devices on axis 1); one step's columns [devices, B/devices].
         columns_axis = 1 if loop == "scan" else 0
         data_axes = (0,) if streamed else (None, None)
-        compiled = jax.pmap(per_device, axis_name=AXIS, in_axes=(None, *data_axes, None, columns_axis, None),
+        compiled = jax.pmap(per_device, axis_name=DATA_AXIS, in_axes=(None, *data_axes, None, columns_axis, None),
                             out_axes=None, devices=list(mesh.devices.flat), donate_argnums=0)
     elif backend == "shard_map":
-        columns_spec = P(None, AXIS) if loop == "scan" else P(AXIS)
-        data_specs = (P(AXIS),) if streamed else (P(), P())
+        columns_spec = P(None, DATA_AXIS) if loop == "scan" else P(DATA_AXIS)
+        data_specs = (P(DATA_AXIS),) if streamed else (P(), P())
         compiled = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *data_specs, P(), columns_spec, P()),
                                          out_specs=(P(), P())), donate_argnums=0)
     else:

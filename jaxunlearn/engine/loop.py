@@ -28,7 +28,7 @@ from jaxunlearn.data.stream import BatchStream
 from jaxunlearn.engine.ensemble import (
     Ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack_plans, take,
 )
-from jaxunlearn.engine.parallel import AXIS, Execution, is_main_process, local_replica, pad_to_devices, replicate
+from jaxunlearn.engine.parallel import DATA_AXIS, Execution, is_main_process, local_replica, pad_to_devices, replicate
 from jaxunlearn.engine.state import TrainState
 from jaxunlearn.engine.epoch import StepProgress, make_epoch_fn, place_blocks, resolve_loop, steps_in
 from jaxunlearn.engine.step import LossFn, make_train_step
@@ -100,7 +100,7 @@ class _OneModel:
         if self.execution.backend == "pmap":
             devices = len(self.mesh.local_devices)
             return local.reshape(devices, local.shape[0] // devices, *local.shape[1:])
-        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(AXIS)), local,
+        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(DATA_AXIS)), local,
                                                       (local.shape[0] * jax.process_count(), *local.shape[1:]))
 
     def saved(self, state: TrainState) -> TrainState:

@@ -1,6 +1,6 @@
 """Devices and hosts: the 1-D `data` mesh, multi-process start, and moving arrays onto the mesh.
 
-Every training step runs per device over the mesh axis `data` (`AXIS`): under `jax.shard_map` (default) or
+Every training step runs per device over the mesh axis `data` (`DATA_AXIS`): under `jax.shard_map` (default) or
 `jax.pmap`. Parameters, optimizer state and the uint8 dataset are replicated; each device gathers its shard
 of every batch from its own replica. With one device the axis has size 1 and the same code runs.
 """
@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxunlearn.errors import UserError
 
-AXIS = "data"
+DATA_AXIS = "data"
 """The name of the batch axis, used by the collectives of steps, losses and BatchNorm."""
 
 MODEL_AXIS = "model"
@@ -165,7 +165,7 @@ def _join_coordinator(host: str, port: int, process_id: int, timeout: int) -> No
 
 
 def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh named `AXIS` over the first `devices` devices (all by default)."""
+    """A 1-D mesh named `DATA_AXIS` over the first `devices` devices (all by default)."""
     available = jax.device_count()
     count = available if devices is None else devices
     if not 1 <= count <= available:
@@ -176,12 +176,12 @@ def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
     per_process = count // jax.process_count()
     chosen = [d for p in range(jax.process_count())
               for d in [d for d in jax.devices() if d.process_index == p][:per_process]]
-    return jax.sharding.Mesh(np.asarray(chosen), (AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
+    return jax.sharding.Mesh(np.asarray(chosen), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
 
 
 def local_mesh() -> jax.sharding.Mesh:
     """A 1-device mesh on this process's first device (for work each process does alone)."""
-    return jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), (AXIS,),
+    return jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), (DATA_AXIS,),
                              axis_types=(jax.sharding.AxisType.Explicit,))
 
 
@@ -202,7 +202,7 @@ def shard_columns(block: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict
 
     Each process transfers only the columns of its own devices.
     """
-    sharding = NamedSharding(mesh, P(None, AXIS))
+    sharding = NamedSharding(mesh, P(None, DATA_AXIS))
 
     def place(columns: np.ndarray) -> jax.Array:
         if mesh.devices.size == len(mesh.local_devices):

@@ -16,6 +16,8 @@ class TrainState:
     extra: a method's own trainable parameters besides the model's (Boundary Expanding's shadow class);
       an empty dict for most methods. They are dropped when the run ends.
     step: int32 [] number of optimizer steps taken.
+    key: uint32 [2], the data of this model's PRNG key (`jax.random.key_data`); the step draws from
+      fold_in(key, step) (`StepContext.key`), so its randomness is fixed by the key and the step alone.
     """
 
     params: nnx.State
@@ -23,13 +25,20 @@ class TrainState:
     opt_state: optax.OptState
     extra: Any
     step: jax.Array
+    key: jax.Array
+
+
+def model_key(seed: int, model: int = 0) -> jax.Array:
+    """The key data (uint32 [2]) of model `model` of a run with seed `seed`."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), model))
 
 
 def create_state(params: nnx.State, batch_stats: nnx.State, tx: optax.GradientTransformation,
-                 extra: Any = None) -> TrainState:
-    """A state at step 0 with a fresh optimizer state for (params, extra)."""
+                 extra: Any = None, key: jax.Array | None = None) -> TrainState:
+    """A state at step 0 with a fresh optimizer state for (params, extra); key: its PRNG key data
+    (default `model_key(0)`)."""
     extra = {} if extra is None else extra
     return TrainState(
         params=params, batch_stats=batch_stats, opt_state=tx.init((params, extra)), extra=extra,
-        step=jax.numpy.zeros((), jax.numpy.int32),
+        step=jax.numpy.zeros((), jax.numpy.int32), key=model_key(0) if key is None else jax.numpy.asarray(key),
     )

@@ -19,10 +19,9 @@ from flax import nnx
 
 from jaxunlearn.data.device import gather_batch, normalise
 from jaxunlearn.data.stream import DATA_ROLES
-from jaxunlearn.engine.parallel import AXIS, PADDING_MASK, Backend
+from jaxunlearn.engine.parallel import DATA_AXIS, PADDING_MASK, Backend
 from jaxunlearn.engine.state import TrainState
 
-DATA_AXIS = AXIS
 """The name of the data-parallel axis every step's collectives run over: name the axis so under
 `jax.shard_map` or `jax.pmap`, and pass it to a BatchNorm's `axis_name` to average its statistics."""
 
@@ -48,6 +47,8 @@ class StepContext:
     mask: float [B_local], 1 for a real sample and 0 for a padding slot of a batch widened to the device
       count (`pad_to_devices`); None when the step's batch has no padding. A loss runs the model with
       `apply` (which hands the mask to the BatchNorm statistics) and averages per-sample values with `mean`.
+    key: this step's PRNG key, fold_in(state.key, step), the same on every device. Draw per example with
+      `example_keys`, which gives the same numbers on any device count.
     """
 
     columns: dict[str, jax.Array]
@@ -57,14 +58,29 @@ class StepContext:
     step: jax.Array
     forward: Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, jax.Array]]
     mask: jax.Array | None = None
+    key: jax.Array | None = None
 
     def apply(self, model: nnx.Module, images: jax.Array, *, train: bool = True, repeat: int = 1) -> Any:
         """model(images, train=train), given the mask (tiled `repeat` times, for batches concatenated along
         their first axis) only when the batch is padded: a model without a `mask` argument runs wherever no
-        batch needs padding."""
-        if self.mask is None:
-            return model(images, train=train)
-        return model(images, train=train, mask=jnp.tile(self.mask, repeat))
+        batch needs padding. A model with dropout (a `dropout` attribute above 0, as `create_model(...,
+        dropout=p)` gives) also gets `keys=example_keys(len(images), repeat)` in training mode."""
+        options = {} if self.mask is None else {"mask": jnp.tile(self.mask, repeat)}
+        if train and getattr(model, "dropout", 0.0) > 0:
+            options["keys"] = self.example_keys(images.shape[0], repeat)
+        return model(images, train=train, **options)
+
+    def example_keys(self, rows: int, repeat: int = 1) -> jax.Array:
+        """Keys [rows] for this device's rows of `repeat` batches concatenated along their first axis (rows =
+        repeat·B_local): row i of part j gets fold_in(key, j·B + d·B_local + i), its position in the global
+        batch B of part j (d: this device's index on `DATA_AXIS`). The same example draws the same numbers
+        on any device count, padding slots (at the end of the global batch) aside."""
+        if self.key is None:
+            raise ValueError("this step has no key: build the state with `create_state` (it holds one)")
+        local = rows // repeat
+        devices, device = jax.lax.psum(1, DATA_AXIS), jax.lax.axis_index(DATA_AXIS)
+        positions = jnp.arange(repeat)[:, None] * (local * devices) + device * local + jnp.arange(local)[None]
+        return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(self.key, positions.reshape(-1))
 
     def mean(self, values: jax.Array) -> jax.Array:
         """This device's share of the mean of `values` [B_local, ...] (per sample, any trailing axes) over
@@ -76,15 +92,15 @@ class StepContext:
 
 
 def global_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """This device's share of Σ w·v / Σ w over the batch of all devices on `AXIS`.
+    """This device's share of Σ w·v / Σ w over the batch of all devices on `DATA_AXIS`.
 
     values: [B_local, ...], weights: [B_local] (trailing axes of `values` are averaged with equal weight).
     Returns D·Σ_local w·v / Σ_global w, whose average over the D devices (what the engine takes) is the
     weighted mean of the global batch; a device whose weights are all 0 contributes 0.
     """
-    devices = jax.lax.psum(1, AXIS)
+    devices = jax.lax.psum(1, DATA_AXIS)
     per_sample = values.size // values.shape[0]
-    total_weight = jax.lax.psum(jnp.sum(weights), AXIS) * per_sample
+    total_weight = jax.lax.psum(jnp.sum(weights), DATA_AXIS) * per_sample
     weights = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
     return devices * jnp.sum(weights * values) / total_weight
 
@@ -92,7 +108,7 @@ def global_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 LossFn = Callable[[nnx.Module, Batch, StepContext], tuple[jax.Array, dict[str, jax.Array]]]
 """(model in train mode, batch, context) → (scalar loss, named scalar parts), each this device's share of
 the mean over the global batch's real samples (`StepContext.mean`). The engine averages them over the
-devices; a loss that needs other devices' samples gathers them over `AXIS`."""
+devices; a loss that needs other devices' samples gathers them over `DATA_AXIS`."""
 
 
 def eval_forward(graphdef: nnx.GraphDef):
@@ -110,26 +126,27 @@ def _update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: L
     def update(state: TrainState, batch: Batch, columns: dict[str, jax.Array], aux: Any, epoch: jax.Array
                ) -> tuple[TrainState, Metrics]:
         mask = columns[PADDING_MASK].astype(jnp.result_type(float)) if PADDING_MASK in columns else None
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
         def objective(params, extra):
             model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
             context = StepContext(columns=columns, aux=aux, extra=extra, epoch=epoch, step=state.step,
-                                  forward=forward, mask=mask)
+                                  forward=forward, mask=mask, key=key)
             loss, parts = loss_fn(model, batch, context)
             if backend == "shard_map":  # differentiate the global loss; its gradient is already reduced
-                loss = jax.lax.pmean(loss, AXIS)
+                loss = jax.lax.pmean(loss, DATA_AXIS)
             return loss, (nnx.state(model, nnx.BatchStat), parts)
 
         (loss, (batch_stats, parts)), grads = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
             state.params, state.extra)
         if backend == "pmap":  # pmap differentiates the local loss: average the gradients instead
-            grads, loss = jax.lax.pmean((grads, loss), AXIS)
-        parts = jax.lax.pmean(parts, AXIS)
+            grads, loss = jax.lax.pmean((grads, loss), DATA_AXIS)
+        parts = jax.lax.pmean(parts, DATA_AXIS)
         trainable = (state.params, state.extra)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         params, extra = optax.apply_updates(trainable, updates)
         new_state = TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state,
-                               extra=extra, step=state.step + 1)
+                               extra=extra, step=state.step + 1, key=state.key)
         return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
     return update
@@ -225,7 +242,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     [N]), from which the step gathers its shard of the batch (the `DATA_ROLES` columns: train-set indices);
     streamed (streamed=True), the shard itself, role → (uint8 images [B_local, H, W, C], labels [B_local]),
     read by the host ahead of the step (`jaxunlearn.data.stream`). Either way the images are normalised here
-    and `make_step`'s update applied: BatchNorm statistics are averaged over `AXIS`, and the gradients are
+    and `make_step`'s update applied: BatchNorm statistics are averaged over `DATA_AXIS`, and the gradients are
     those of the loss averaged over the devices, so every device applies the same update. Under
     backend="shard_map" the global loss is differentiated (its gradient is already reduced); under "pmap" the
     local one, and the gradients are averaged. `on_step` (a `StepProgress`), if given, is called on the host
@@ -241,7 +258,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             batch = {role: gather_batch(*data, columns[role], mean, std) for role in DATA_ROLES if role in columns}
         new_state, metrics = update(state, batch, columns, aux, epoch)
         if on_step is not None:
-            report = (new_state.step % on_step.every == 0) & (jax.lax.axis_index(AXIS) == 0)
+            report = (new_state.step % on_step.every == 0) & (jax.lax.axis_index(DATA_AXIS) == 0)
             jax.lax.cond(report, lambda step: jax.debug.callback(on_step, step), lambda step: None,
                          new_state.step)
         return new_state, metrics

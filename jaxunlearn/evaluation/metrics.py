@@ -35,7 +35,7 @@ _ATTACKS = "jaxunlearn.evaluation.attacks.attack_suite"
 _REFERENCE = "jaxunlearn.evaluation.suite.reference_metrics"
 _SHALLOW_BN = "jaxunlearn.evaluation.shallow.recompute_batch_stats"
 _SHALLOW_PROBE = "jaxunlearn.evaluation.shallow.probe_accuracies"
-_RUNS = "jaxunlearn.runs.evaluate_run"
+_RUNS = "jaxunlearn.runs.evaluate"
 
 REGISTRY: tuple[Metric, ...] = (
     Metric("forget_train_acc", "fraction", "accuracy on the forget set (training images to be forgotten)", _SUITE,

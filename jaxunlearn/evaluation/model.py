@@ -1,4 +1,4 @@
-"""The evaluation of one model held in memory: what `jaxunlearn.runs.evaluate_run` computes for a run
+"""The evaluation of one model held in memory: what `jaxunlearn.runs.evaluate` computes for a run
 directory, for a model trained in the user's own loop."""
 
 import numpy as np

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from jaxunlearn.data.device import DeviceData, normalise
 from jaxunlearn.data.placement import StreamedData, resident_rows
-from jaxunlearn.engine.parallel import AXIS
+from jaxunlearn.engine.parallel import DATA_AXIS
 
 RECOMPUTE_BATCH = 256
 """Images per train-mode forward pass when BatchNorm statistics are recomputed."""
@@ -41,11 +41,11 @@ def _without_momentum(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
 def _mean_batch_statistics(params, batch_stats, images, blocks, *, graphdef, mean, std):
     """blocks int32 [n, B] → the running statistics averaged over the n batches' train-mode statistics."""
     def add_batch(total, indices):
-        def forward(batch):  # under vmap over one slice, so BatchNorm's mean over `AXIS` has its axis
+        def forward(batch):  # under vmap over one slice, so BatchNorm's mean over `DATA_AXIS` has its axis
             model = nnx.merge(graphdef, params, batch_stats, copy=True)
             model(batch, train=True)
             return nnx.state(model, nnx.BatchStat)
-        stats = jax.vmap(forward, axis_name=AXIS)(normalise(images[indices], mean, std)[None])
+        stats = jax.vmap(forward, axis_name=DATA_AXIS)(normalise(images[indices], mean, std)[None])
         return jax.tree.map(lambda t, s: t + s[0], total, stats), None
 
     total, _ = jax.lax.scan(add_batch, jax.tree.map(jnp.zeros_like, batch_stats), blocks)

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from jaxunlearn.config import Hparams, TrainConfig
-from jaxunlearn.engine.parallel import AXIS
+from jaxunlearn.engine.parallel import DATA_AXIS
 from jaxunlearn.engine.step import LossFn
 from jaxunlearn.errors import UserError
 from jaxunlearn.losses import contrastive_unlearning_rows, sample_cross_entropy
@@ -104,7 +104,7 @@ def contrastive_objective(hparams: ContrastiveHparams, mode: str) -> LossFn:
         logits, feat = step.apply(model, jnp.concatenate([forget_x, retain_x]), repeat=2)
         n_forget = forget_x.shape[0]
         # Each device's anchors meet the retain samples of the whole global batch.
-        gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)
+        gather = lambda x: jax.lax.all_gather(x, DATA_AXIS, tiled=True)
         rows = contrastive_unlearning_rows(
             feat[:n_forget], gather(feat[n_forget:]), forget_y, gather(retain_y),
             temperature=hparams.temperature, mode=mode,

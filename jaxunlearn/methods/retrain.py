@@ -4,7 +4,7 @@ import numpy as np
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig
 from jaxunlearn.methods.base import Context, Method, register
-from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
+from jaxunlearn.methods.supervised import supervised_objective, supervised_optimizer, supervised_plan
 
 
 @register
@@ -24,4 +24,4 @@ class Retrain(Method):
         return supervised_plan(context.split.retain, hparams.batch_size, np.random.default_rng([context.seed, epoch]))
 
     def loss_fn(self, hparams: SupervisedHparams, context: Context):
-        return supervised_loss
+        return supervised_objective(hparams)

@@ -6,8 +6,9 @@ import optax
 from flax import nnx
 
 from jaxunlearn.config import SupervisedHparams
+from jaxunlearn.data.augment import random_crop_flip
 from jaxunlearn.engine.epoch import Block
-from jaxunlearn.engine.step import Batch, StepContext
+from jaxunlearn.engine.step import Batch, LossFn, StepContext
 from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Schedule
@@ -43,3 +44,16 @@ def supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
     images, labels = batch["train"]
     logits, _ = context.apply(model, images)
     return context.mean(sample_cross_entropy(logits, labels)), {}
+
+
+def augmented_supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
+    """`supervised_loss` on batch["train"] randomly cropped and flipped (`random_crop_flip`), each image's
+    draw from its key in `context.example_keys`."""
+    images, labels = batch["train"]
+    images = random_crop_flip(images, context.example_keys(images.shape[0]))
+    return supervised_loss(model, {"train": (images, labels)}, context)
+
+
+def supervised_objective(hparams: SupervisedHparams) -> LossFn:
+    """The recipe's loss: `augmented_supervised_loss` when `hparams.augment`, else `supervised_loss`."""
+    return augmented_supervised_loss if hparams.augment else supervised_loss

@@ -41,9 +41,13 @@ def register_model(name: str, factory: ModelFactory) -> ModelFactory:
 
 def create_model(name: str, num_classes: int, *, in_channels: int, image_size: tuple[int, int] = (32, 32),
                  width: float = 1.0, depth: int | None = None, seed: int = 0, bn_axis_name: str | None = None,
-                 precision: str = "f32", conv: str = "xla") -> nnx.Module:
+                 precision: str = "f32", conv: str = "xla", dropout: float = 0.0) -> nnx.Module:
     """Build and initialise model `name` from `seed`; bad settings raise UserError. conv: the implementation of
-    the ResNets' convolutions ("auto", "xla", "gemm"; `jaxunlearn.models.conv`), which other models ignore."""
+    the ResNets' convolutions ("auto", "xla", "gemm"; `jaxunlearn.models.conv`), which other models ignore.
+    dropout: the rate of the head's dropout in training mode (`SupConHead`; a model without a `dropout`
+    attribute refuses a rate above 0)."""
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"dropout must be in [0, 1), got {dropout}")
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if precision not in PRECISIONS:
@@ -51,6 +55,10 @@ def create_model(name: str, num_classes: int, *, in_channels: int, image_size: t
     conv = resolve_conv(conv)
     model = MODELS[name](num_classes, in_channels=in_channels, image_size=tuple(image_size), width=width,
                          depth=depth, bn_axis_name=bn_axis_name, dtype=PRECISIONS[precision], rngs=nnx.Rngs(seed))
+    if dropout > 0:
+        if not hasattr(model, "dropout"):
+            raise UserError(f"model {name!r} has no dropout (a `dropout` attribute its call applies)")
+        model.dropout = float(dropout)
     return use_convolution(model, conv)
 
 

@@ -227,16 +227,30 @@ def relu_l2_normalise(g: jax.Array) -> jax.Array:
     return nnx.relu(g * jax.lax.rsqrt(jnp.maximum(squared_norm, 1e-24)))
 
 
+def example_dropout(x: jax.Array, rate: float, keys: jax.Array) -> jax.Array:
+    """Inverted dropout of x [B, ...], example b's mask drawn from keys[b] alone ([B] PRNG keys), so an example
+    is masked the same however the batch is split over devices."""
+    keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, x.shape[1:]))(keys)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 class SupConHead(nnx.Module):
-    """The head every SupCon model here ends in: h [B, hidden] → MLP → g [B, feature_dim] →
-    feat = ReLU(l2_normalise(g)) in float32 → linear classifier on feat → logits [B, num_classes] float32."""
+    """The head every SupCon model here ends in: h [B, hidden] → dropout (rate `dropout`, 0 by default) → MLP →
+    g [B, feature_dim] → feat = ReLU(l2_normalise(g)) in float32 → linear classifier on feat → logits
+    [B, num_classes] float32. Dropout acts in training mode when the call brings per-example keys
+    (`StepContext.apply` does); without keys the model is deterministic."""
+
+    dropout: float = 0.0
 
     def _init_head(self, hidden_dim: int, feature_dim: int, num_classes: int, dtype: DType, rngs: nnx.Rngs):
         self.head_hidden = _linear(hidden_dim, hidden_dim, rngs, dtype)
         self.head_out = _linear(hidden_dim, feature_dim, rngs, dtype)
         self.classifier = _linear(feature_dim, num_classes, rngs)
 
-    def _head(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _head(self, h: jax.Array, train: bool = False, keys: jax.Array | None = None
+              ) -> tuple[jax.Array, jax.Array]:
+        if train and keys is not None and self.dropout > 0:
+            h = example_dropout(h, self.dropout, keys)
         g = self.head_out(nnx.relu(self.head_hidden(h)))
         feat = relu_l2_normalise(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
         return self.classifier(feat), feat
@@ -268,14 +282,14 @@ class SupConResNet(SupConHead):
         )
         self._init_head(self.encoder.output_dim, feature_dim, num_classes, dtype, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None, keys: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array]:
         """x: float [B, H, W, C] (already normalised) -> (logits [B, num_classes], feat [B, feature_dim]).
 
         mask: [B], 1 for a real sample and 0 for a padding slot, or None: in training mode the BatchNorm
-        statistics count only the real samples (`MaskedBatchNorm`).
+        statistics count only the real samples (`MaskedBatchNorm`). keys: [B] PRNG keys for dropout.
         """
-        return self._head(self.encoder(x, train=train, mask=mask))
+        return self._head(self.encoder(x, train=train, mask=mask), train, keys)
 
 
 def count_params(params: nnx.State) -> int:

@@ -155,13 +155,13 @@ class SupConViT(SupConHead):
                                   pool=pool, patch_size=patch_size, dtype=dtype, rngs=rngs)
         self._init_head(self.encoder.output_dim, feature_dim, num_classes, dtype, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None, keys: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array]:
         """x: float [B, H, W, C] (already normalised, (H, W) = image_size) -> (logits [B, num_classes] float32,
         feat [B, feature_dim] float32).
 
-        train and mask ([B], 1 real, 0 padding) are accepted for the model interface and ignored: without
-        dropout or batch statistics, the output is the same in both modes and padding slots affect no sample.
+        mask ([B], 1 real, 0 padding) is accepted for the model interface and ignored: without batch
+        statistics, padding slots affect no sample. keys: [B] PRNG keys for the head's dropout (training mode).
         """
-        del train, mask
-        return self._head(self.encoder(x))
+        del mask
+        return self._head(self.encoder(x), train, keys)

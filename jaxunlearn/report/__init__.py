@@ -15,14 +15,15 @@ from jaxunlearn.report.figures import (
     _accuracy_figure, _curves_figure, _embedding_figure, _mia_figure, new_figure, save_figure,
 )
 from jaxunlearn.report.tables import gap_table, mean_std_summaries, seed_table
+from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, TABLE_METRICS
 from jaxunlearn.report.values import (
-    AVG_GAP_METRICS, DEFAULT_TABLE_METRICS, METRIC_DESCRIPTIONS, RunSummary, _by_name, _md_escape, _require,
+    METRIC_DESCRIPTIONS, RunSummary, _by_name, _md_escape, _require,
     _value, registered,
 )
 
 __all__ = [
-    "AVG_GAP_METRICS",
-    "DEFAULT_TABLE_METRICS",
+    "AVERAGE_GAP_METRICS",
+    "TABLE_METRICS",
     "FIGURES",
     "METRIC_DESCRIPTIONS",
     "RunSummary",
@@ -97,14 +98,14 @@ _CAPTIONS = {
 
 def _markdown(summaries: list[RunSummary], ref: RunSummary, orig: RunSummary, title: str,
               figures: list[str]) -> str:
-    present = [m for m in DEFAULT_TABLE_METRICS if any(_value(s, m) is not None for s in summaries)]
+    present = [m for m in TABLE_METRICS if any(_value(s, m) is not None for s in summaries)]
     lines = [f"# {title}", "",
              f"Runs: {', '.join(f'`{s.name}`' for s in summaries)}. Reference: `{ref.name}`; "
              f"before unlearning: `{orig.name}`.", "",
              "## Gap to the reference", "",
              f"Each cell is *value (|value − {ref.name}'s value|)*; accuracies and MIA in percent. "
              f"*avg gap* is the mean gap in percentage points over "
-             f"{', '.join(AVG_GAP_METRICS)} (SalUn's Avg. Gap); lower is better. – = not available.", "",
+             f"{', '.join(AVERAGE_GAP_METRICS)} (SalUn's Avg. Gap); lower is better. – = not available.", "",
              gap_table(summaries, ref.name)]
     if present:
         lines += ["### Metrics", "", "| metric | meaning | direction |", "|:---|:---|:---|"]
@@ -145,7 +146,7 @@ def write_seed_report(per_seed: dict[str, list[dict[str, float]]], out_dir: str 
     lines = [f"# {title}", "", notes.strip(), "",
              f"## Mean ± std over {seeds} seed{'s' if seeds > 1 else ''}, gap to `{reference}`", "",
              f"Each cell is *mean ± std (mean over seeds of |value − {reference}'s value of the same seed|)*; "
-             f"accuracies and MIA in percent. *avg gap*: the mean of the gaps of {', '.join(AVG_GAP_METRICS)} "
+             f"accuracies and MIA in percent. *avg gap*: the mean of the gaps of {', '.join(AVERAGE_GAP_METRICS)} "
              "(SalUn's Avg. Gap); lower is better. – = not available.", "",
              seed_table(per_seed, reference), "## Figures", ""]
     for path in written:

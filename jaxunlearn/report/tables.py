@@ -4,8 +4,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, TABLE_METRICS
 from jaxunlearn.report.values import (
-    _DASH, AVG_GAP_METRICS, DEFAULT_TABLE_METRICS, RunSummary, _avg_gap, _by_name, _display, _format,
+    _DASH, RunSummary, _avg_gap, _by_name, _display, _format,
     _format_shown, _gap, _md_escape, _require, _unit, _value,
 )
 
@@ -24,7 +25,7 @@ def _label(name: str, reference: str) -> str:
 
 
 def gap_table(summaries: list[RunSummary], reference: str = "retrain",
-              metrics: Sequence[str] = DEFAULT_TABLE_METRICS) -> str:
+              metrics: Sequence[str] = TABLE_METRICS) -> str:
     """A markdown table of every run's metrics with their absolute gap to the reference run.
 
     One row per run (in the given order), one column per metric of `metrics` that some run has. A cell is
@@ -32,7 +33,7 @@ def gap_table(summaries: list[RunSummary], reference: str = "retrain",
     whose gap cannot be computed (the reference lacks the metric) shows "value (–)"; a missing or NaN value is "–".
     Accuracies and MIA values (fractions) are shown in percent with 2 decimals, seconds with 1 decimal, counts
     (steps) as integers, anything else with 4 decimals. The last column, "avg gap", is the mean gap in percentage
-    points over the AVG_GAP_METRICS that both the run and the reference have ("–" when none; 0.00 for the
+    points over the AVERAGE_GAP_METRICS that both the run and the reference have ("–" when none; 0.00 for the
     reference itself). Raises ValueError when `reference` names no run (or two runs share a name).
     """
     runs = _by_name(summaries)
@@ -58,13 +59,13 @@ def gap_table(summaries: list[RunSummary], reference: str = "retrain",
 
 
 def seed_table(per_seed: dict[str, list[dict[str, float]]], reference: str = "retrain",
-               metrics: Sequence[str] = DEFAULT_TABLE_METRICS) -> str:
+               metrics: Sequence[str] = TABLE_METRICS) -> str:
     """A markdown table of mean ± std over seeds, with the mean per-seed gap to the reference.
 
     per_seed: run name → one metrics dict per seed, the i-th of every run from the same seed (same original
     model and split). A cell is "mean ± std (gap)" with gap = mean over seeds of |value − reference's value
     of that seed| in display units; the reference's row shows "mean ± std". std is the sample standard
-    deviation (ddof 1; 0 for one seed). "avg gap" averages the gaps of AVG_GAP_METRICS. Raises ValueError
+    deviation (ddof 1; 0 for one seed). "avg gap" averages the gaps of AVERAGE_GAP_METRICS. Raises ValueError
     when `reference` names no run or runs have different numbers of seeds.
     """
     ref_runs = _require(per_seed, reference, "reference")
@@ -91,7 +92,7 @@ def seed_table(per_seed: dict[str, list[dict[str, float]]], reference: str = "re
                 gaps_by_metric[metric] = gap
                 cell += f" ({_DASH if gap is None else _format_shown(metric, gap)})"
             cells.append(cell)
-        avg = [g for m in AVG_GAP_METRICS if (g := gaps_by_metric.get(m)) is not None]
+        avg = [g for m in AVERAGE_GAP_METRICS if (g := gaps_by_metric.get(m)) is not None]
         rows.append((_label(name, reference), cells,
                      "0.00" if name == reference else (f"{np.mean(avg):.2f}" if avg else _DASH)))
     return _markdown_table(columns, rows)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, REGISTRY, TABLE_METRICS, metric as registered
+from jaxunlearn.evaluation.metrics import AVERAGE_GAP_METRICS, REGISTRY, metric as registered
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,6 @@ class RunSummary:
     embeddings: dict[str, np.ndarray] | None = None
     """{"forget": [n, D], "retain": [m, D]} embeddings of this run's model, or None."""
 
-
-DEFAULT_TABLE_METRICS: tuple[str, ...] = TABLE_METRICS
-"""The table's columns, in order (the registry's table metrics); a column appears only when some run has it."""
-
-AVG_GAP_METRICS: tuple[str, ...] = AVERAGE_GAP_METRICS
-"""SalUn's Avg. Gap: the mean absolute gap to the reference over forget, retain and test accuracy and MIA-efficacy."""
 
 METRIC_DESCRIPTIONS: dict[str, str] = {m.name: m.description for m in REGISTRY}
 """What each known metric means; the legend of report.md."""
@@ -110,8 +104,8 @@ def _gap(metric: str, value: float | None, reference: float | None) -> float | N
 
 
 def _avg_gap(summary: "RunSummary", reference: "RunSummary") -> float | None:
-    """Mean gap in percentage points over the AVG_GAP_METRICS both runs have, or None when they share none."""
-    gaps = [g for m in AVG_GAP_METRICS if (g := _gap(m, _value(summary, m), _value(reference, m))) is not None]
+    """Mean gap in percentage points over the AVERAGE_GAP_METRICS both runs have, or None when they share none."""
+    gaps = [g for m in AVERAGE_GAP_METRICS if (g := _gap(m, _value(summary, m), _value(reference, m))) is not None]
     return sum(gaps) / len(gaps) if gaps else None
 
 
