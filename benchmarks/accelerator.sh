@@ -11,8 +11,8 @@
 # 2. K = 8 ResNet-18s vmapped on the device against one after another (models-resnet18-k8.json).
 # 3. The streamed input against the device-resident one: whole training epochs of ResNet-18 on a synthetic
 #    CIFAR-shaped dataset of 50,000 images on disk (streaming-throughput.json; ratio stream/device).
-# 4. End to end: `jaxunlearn train` (2 epochs) and a CU `unlearn` of class 5 on that dataset, wall seconds
-#    of each process (end-to-end.json) and their metrics.json.
+# 4. End to end: `jaxunlearn train` (2 epochs) and a CU `unlearn` of class 5 (at most 2 epochs) on that
+#    dataset: wall seconds of each process and their metrics (end-to-end.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -55,7 +55,7 @@ PYTHONPATH=benchmarks jaxunlearn train "${dataset[@]}" --model resnet18 --width 
   --batch-size "$BATCH" --workdir "$RUNS/original"
 trained=$(date +%s.%N)
 PYTHONPATH=benchmarks jaxunlearn unlearn --from "$RUNS/original" --method contrastive --forget class:5 \
-  --workdir "$RUNS/cu"
+  --epochs "$EPOCHS" --workdir "$RUNS/cu"
 finished=$(date +%s.%N)
 "$PYTHON" - "$OUT" "$started" "$trained" "$finished" <<'EOF'
 import json, sys

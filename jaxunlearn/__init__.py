@@ -10,7 +10,7 @@ __version__ = "0.2.0"
 from jaxunlearn.config import Hparams, SupervisedHparams, TrainConfig, UnlearnConfig
 from jaxunlearn.data import Dataset, ForgetSpec, Split, load_dataset, make_split, parse_forget, register_dataset
 from jaxunlearn.engine.parallel import Execution
-from jaxunlearn.engine.state import TrainState, create_state
+from jaxunlearn.engine.state import TrainState, create_state, model_key
 from jaxunlearn.engine.step import DATA_AXIS, LossFn, StepContext, make_step
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation import challenge_epsilons, forget_quality
@@ -27,7 +27,7 @@ __all__ = [
     "DATA_AXIS", "Hparams", "METHODS", "ContrastiveHparams", "Dataset", "EmbeddingClassifier", "Execution", "ForgetSpec",
     "LossFn", "Method", "Run", "Split", "StepContext", "SupConResNet", "SupConViT", "SupervisedHparams",
     "TrainConfig", "TrainState", "UnlearnConfig", "UserError", "__version__", "challenge_epsilons",
-    "contrastive_objective", "contrastive_unlearning_loss", "create_model", "create_state", "cross_entropy",
+    "contrastive_objective", "contrastive_unlearning_loss", "create_model", "create_state", "cross_entropy", "model_key",
     "evaluate", "evaluate_model", "forget_quality", "get_method", "load_dataset", "make_split", "make_step",
     "parse_forget", "register", "testing", "register_dataset", "register_model", "supervised_loss", "train", "unlearn",
 ]

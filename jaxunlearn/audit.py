@@ -117,9 +117,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
     its final score, per-example ε and accuracies (see `score_arm`).
     """
     check_audit(config, source, execution)
-    _check_workdir(workdir, source, "audit.json")
-    with owned_directory(workdir, "`workdir`"):
-        return _run_audit(config, source, Path(workdir), execution)
+    return _in_own_workdir(workdir, source, "audit.json", lambda path: _run_audit(config, source, path, execution))
 
 
 def _run_audit(config: AuditConfig, source: str | Path, workdir: Path, execution: Execution) -> dict[str, Any]:
@@ -309,9 +307,7 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
     "original": the shadow originals themselves (no unlearning)}.
     """
     check_ulira(config, source, execution)
-    _check_workdir(workdir, source, "ulira.json")
-    with owned_directory(workdir, "`workdir`"):
-        return _run_ulira(config, source, Path(workdir), execution)
+    return _in_own_workdir(workdir, source, "ulira.json", lambda path: _run_ulira(config, source, path, execution))
 
 
 def _run_ulira(config: UliraConfig, source: str | Path, workdir: Path, execution: Execution) -> dict[str, Any]:
@@ -378,14 +374,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _check_workdir(workdir: str | Path, source: str | Path, result: str) -> None:
-    """UserError for a workdir that is empty, is the original's run or lies in it, or cannot hold `result`."""
+def _in_own_workdir(workdir: str | Path, source: str | Path, result: str, run: Callable[[Path], Any]) -> Any:
+    """run(workdir) with the workdir owned by this process (`owned_directory`); first a UserError for a workdir
+    that is empty, is the original's run or lies in it, or cannot hold `result`."""
     if not str(workdir).strip():
         raise UserError("`workdir` is empty")
     inside = Path(os.path.realpath(workdir))
     if inside == Path(os.path.realpath(source)) or Path(os.path.realpath(source)) in inside.parents:
         raise UserError(f"`workdir` {workdir} is inside the original's run {source}; choose a directory of its own")
     check_writable(Path(workdir) / result, "`workdir`")
+    with owned_directory(workdir, "`workdir`"):
+        return run(Path(workdir))
 
 
 def _announce(message: str) -> None:

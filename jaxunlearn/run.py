@@ -22,9 +22,7 @@ the data once.
 """
 
 import contextlib
-import dataclasses
 import functools
-import hashlib
 import json
 import os
 import re
@@ -36,7 +34,7 @@ import jax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxunlearn.config import TrainConfig, UnlearnConfig, to_json, train_config_from_json
+from jaxunlearn.config import TrainConfig, train_config_from_json
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.placement import StreamedData, choose_placement, place_data
 from jaxunlearn.data.dataset import Dataset, stratified_subset
@@ -48,6 +46,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import Predictor, make_predictor
 from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, read_log, write_json
 from jaxunlearn.models import create_model
+from jaxunlearn.run_config import config_hash, is_run_config, same_run
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.npz"
@@ -90,11 +89,6 @@ def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed
                                  seed=config.seed if seed is None else seed, bn_axis_name=DATA_AXIS, precision=precision,
                                  conv=conv, dropout=config.dropout)
     return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """SHA-256 of a run configuration's canonical JSON: what each checkpoint's metadata records."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 class Run:
@@ -352,12 +346,6 @@ def split_name(spec: Any, pairing: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", str(spec)) + f"-{pairing}-seed{seed}"
 
 
-def is_run_config(config: Any) -> bool:
-    """Whether `config` (a parsed config.json) is a run's configuration."""
-    return isinstance(config, dict) and config.get("kind") in ("train", "unlearn") \
-        and isinstance(config.get("config"), dict)
-
-
 def check_same_source(source: Run, recorded: dict[str, Any], who: str) -> None:
     """UserError unless the training run `source` still holds the model `recorded` (its `Run.identity` when
     `who`: "<run> started from it")."""
@@ -435,50 +423,6 @@ def _refuse_inside_a_run(path: Path) -> None:
             continue
         if is_run_config(config):
             raise UserError(f"workdir {path} is inside the run {parent}; choose a directory of its own")
-
-
-def same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
-    """Whether the configuration recorded in a run directory and `config` make the same run
-    (`canonical_config`). A run recorded before runs recorded their original's identity or their dataset's
-    fingerprint is compared without them."""
-    config = {key: value for key, value in config.items()
-              if key in stored or key not in ("source_identity", "dataset_fingerprint")}
-    return canonical_config(stored) == canonical_config(config)
-
-
-def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What makes two configurations the same run: the resolved values, not how they were spelled.
-
-    Drops the raw `--hp` overrides (the resolved hyperparameters are recorded beside them) and every
-    `data_dir` (where the data is, not what it is), and resolves the source path (`./a/../a` is `a`).
-    """
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: strip(item) for key, item in value.items() if key != "data_dir"}
-        return value
-    config = dict(config)
-    for key, fields_of in (("config", TrainConfig if config.get("kind") == "train" else UnlearnConfig),
-                           ("train_config", TrainConfig)):
-        if isinstance(config.get(key), dict):
-            config[key] = with_defaults(config[key], fields_of)
-    result = strip(config)
-    if isinstance(result.get("config"), dict) and "hparams" in result:
-        result["config"] = {key: item for key, item in result["config"].items() if key != "hparams"}
-    if isinstance(result.get("source"), str):
-        result["source"] = os.path.realpath(result["source"])
-    return result
-
-
-def with_defaults(fields: dict[str, Any], config_class: type) -> dict[str, Any]:
-    """`fields` of a `config_class` with the defaults of the fields it lacks: a run recorded before a field
-    was added is the same configuration as one that sets it to its default."""
-    defaults = {field.name: (field.default if field.default_factory is dataclasses.MISSING
-                             else field.default_factory())
-                for field in dataclasses.fields(config_class)
-                if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING}
-    nested = {name: with_defaults(fields[name], type(default)) for name, default in defaults.items()
-              if dataclasses.is_dataclass(default) and isinstance(fields.get(name), dict)}
-    return {**{name: to_json(default) for name, default in defaults.items()}, **fields, **nested}
 
 
 def as_run(run: "str | Path | Run") -> Run:

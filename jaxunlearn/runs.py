@@ -8,7 +8,7 @@ before it writes anything, and hands a `Procedure` to the one loop (`jaxunlearn.
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,13 @@ from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
 from jaxunlearn.data.dataset import Dataset
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.data.placement import StreamedData, choose_placement, place_data, sample_rows
-from jaxunlearn.data.splits import (ForgetSpec, Pairing, Split, index_hash, load_split, make_split, save_indices,
-                                    save_split)
-from jaxunlearn.engine.ensemble import Ensemble, make_ensemble, stack, stack_plans, take
+from jaxunlearn.data.splits import ForgetSpec, Pairing, Split, load_split, make_split, save_indices, save_split
+from jaxunlearn.engine.ensemble import Ensemble, stack, stack_plans, take
 from jaxunlearn.engine.epoch import steps_in
 from jaxunlearn.engine.loop import Procedure, fit
 from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
-from jaxunlearn.engine.state import TrainState, create_state, model_key
+from jaxunlearn.engine.state import create_state, model_key
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, sampled,
                                            split_parts, whole_sets)
@@ -37,8 +36,11 @@ from jaxunlearn.evaluation.suite import reference_metrics
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_objective, supervised_optimizer, supervised_plan
-from jaxunlearn.run import (MODEL_SPLITS_DIR, SUBSETS_FILE, Run, as_run, config_hash, model_state, split_name,
+from jaxunlearn.run import (MODEL_SPLITS_DIR, SUBSETS_FILE, Run, as_run, model_state, split_name,
                             training_data)
+from jaxunlearn.run_config import config_hash
+from jaxunlearn.run_models import (check_seeds, check_subsets, final_metrics, layout_of_models, models_config,
+                                   plan_of_models, stacked)
 
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
@@ -60,17 +62,18 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
     everything = np.arange(len(dataset.train_labels))
     if seeds is None and subsets is not None:
         raise UserError("training subsets need seeds: one subset per model")
-    members = [config.seed] if seeds is None else _check_seeds(seeds)
-    pools = [everything] * len(members) if subsets is None else _check_subsets(subsets, len(members), len(everything))
+    members = [config.seed] if seeds is None else check_seeds(seeds)
+    pools = [everything] * len(members) if subsets is None else check_subsets(subsets, len(members), len(everything))
     plans = [lambda epoch, seed=seed, pool=pool: supervised_plan(pool, config.recipe.batch_size,
-                                                                 np.random.default_rng([seed, epoch]))
+                                                                 np.random.default_rng([seed, epoch]),
+                                                                 keep_partial=config.recipe.keep_partial_batch)
              for seed, pool in zip(members, pools)]
-    ensemble = _ensemble(seeds, execution)
+    ensemble = layout_of_models(seeds, execution)
     first = [plan(0) for plan in plans]  # a batch larger than the train set is refused before anything is written
     if ensemble is not None:
         stack_plans(first)
     run_config = {"kind": "train", "config": to_json(config), "dataset_fingerprint": dataset.fingerprint,
-                  **_models_config(seeds, subsets=subsets)}
+                  **models_config(seeds, subsets=subsets)}
     if (finished := Run(workdir).finished_metrics(run_config)) is not None:
         return finished
     check_memory(config, dataset, len(members))
@@ -88,17 +91,17 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         predict = make_predictor(graphdef, data.mean, data.std)
         held_out_sets = whole_sets(dataset, config.eval_sample)
         procedure = Procedure(
-            loss_fn=supervised_objective(config.recipe), tx=tx, plan=_plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
+            loss_fn=supervised_objective(config.recipe), tx=tx, plan=plan_of_models(plans, ensemble), epochs=config.recipe.epochs,
             evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, host_labels(dataset),
                                                      held_out_sets),
             should_stop=lambda evaluation: False, learning_rate=schedule, evaluate_every_epoch=False,
         )
         states = [create_state(params, batch_stats, tx, key=model_key(seed))
                   for seed, (_, params, batch_stats) in zip(members, initial)]
-        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, run.path,
+        state, last = fit(procedure, step_graphdef, stacked(states, ensemble), data, run.path,
                           (run.step_log_path, run.epoch_log_path), meta, "train",
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
-        metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+        metrics = final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, host_labels(dataset),
             {**sampled({"train": ("train", pools[k])}, config.eval_sample), **held_out_sets}), config.eval_sample)
         run.write_metrics(metrics)
@@ -141,76 +144,6 @@ def _placed(dataset: Dataset, execution: Execution, ensemble: Ensemble | None) -
     if is_main_process():
         print(f"data: {dataset.name}, {why}", file=sys.stderr, flush=True)
     return place_data(dataset, placement)
-
-
-def _check_seeds(seeds: Sequence[int]) -> list[int]:
-    seeds = [int(seed) for seed in seeds]
-    if not seeds:
-        raise UserError("a run of several models needs at least one seed")
-    if min(seeds) < 0:
-        raise UserError(f"seeds must be >= 0, got {min(seeds)}")
-    if len(set(seeds)) != len(seeds):
-        raise UserError("the models of one run need distinct seeds")
-    return seeds
-
-
-def _check_subsets(subsets: np.ndarray, models: int, train_size: int) -> list[np.ndarray]:
-    """The rows of an int [K, n] array of train indices, each of distinct indices in [0, train_size)."""
-    subsets = np.asarray(subsets)
-    if subsets.ndim != 2 or subsets.shape[0] != models or not np.issubdtype(subsets.dtype, np.integer):
-        raise UserError(f"subsets must be an int array [{models} models, n], got shape {subsets.shape}")
-    if subsets.size and (subsets.min() < 0 or subsets.max() >= train_size):
-        raise UserError(f"subsets hold indices outside the {train_size} training images")
-    if any(len(np.unique(row)) != len(row) for row in subsets):
-        raise UserError("each training subset must hold distinct indices")
-    return list(subsets.astype(np.int64))
-
-
-def _ensemble(seeds: Sequence[int] | None, execution: Execution) -> Ensemble | None:
-    """The layout of a run of several models, or None for one model. Either way a device count the
-    machine does not have is refused here, before anything is written. Any batch runs on any device count
-    (`pad_to_devices`)."""
-    if seeds is None:
-        execution.mesh()
-        return None
-    return make_ensemble(len(seeds), execution)
-
-
-def _models_config(seeds: Sequence[int] | None, *, subsets: np.ndarray | None = None,
-                   splits: Sequence[Split] | None = None) -> dict[str, Any]:
-    """The entries that describe a run's models in config.json and the checkpoint metadata ({} for one)."""
-    if seeds is None:
-        return {}
-    entries: dict[str, Any] = {"seeds": [int(seed) for seed in seeds]}
-    if subsets is not None:
-        entries["subsets_hash"] = index_hash(np.asarray(subsets))
-    if splits is not None:
-        entries["split_hashes"] = [split.content_hash() for split in splits]
-    return entries
-
-
-def _plan_of_models(plans: Sequence[Callable[[int], list]], ensemble: Ensemble | None) -> Callable[[int], list]:
-    """The procedure's plan: the one model's, or every model's (a list per model)."""
-    if ensemble is None:
-        return plans[0]
-    return lambda epoch: [plan(epoch) for plan in plans]
-
-
-def _stacked(states: Sequence[TrainState], ensemble: Ensemble | None) -> TrainState:
-    return states[0] if ensemble is None else stack(states)
-
-
-def _final_metrics(state: TrainState, ensemble: Ensemble | None, seeds: Sequence[int] | None,
-                   last: dict[str, Any], evaluate: Callable[[int, TrainState], dict[str, float]],
-                   eval_sample: int | None) -> dict[str, Any]:
-    """metrics.json of a run: the model's metrics, or one dict per model under "models"; with the run's
-    seconds, steps and epochs."""
-    totals = {"seconds": last["seconds"], "compile_seconds": last.get("compile_seconds", 0.0), "steps": last["steps"],
-              "epochs": last["epoch"], **({} if eval_sample is None else {"eval_sample": eval_sample})}
-    if ensemble is None:
-        return {**evaluate(0, state), **totals}
-    models = [evaluate(k, take(state, k)) for k in range(ensemble.count)]
-    return {"seeds": [int(seed) for seed in seeds], "models": models, **totals}
 
 
 def source_config(source: str | Path) -> TrainConfig:
@@ -289,7 +222,7 @@ def unlearn_run_config(config: UnlearnConfig, source: str | Path, splits: Sequen
             "source_identity": as_run(source).identity(),
             **{key: value for key, value in as_run(source).config.items() if key == "dataset_fingerprint"},
             **({} if per_model_splits else {"split_hash": splits[0].content_hash()}),
-            **_models_config(seeds, splits=splits if per_model_splits else None)}
+            **models_config(seeds, splits=splits if per_model_splits else None)}
 
 
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
@@ -315,7 +248,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     _check_finished(as_run(source), allow_unfinished)
     hparams = resolve_hparams(config, original)
     dataset = training_data(original, config.data_dir)
-    members = [config.seed] if seeds is None else _check_seeds(seeds)
+    members = [config.seed] if seeds is None else check_seeds(seeds)
     source_seeds = as_run(source).seeds
     if seeds is None and (splits is not None or source_seeds is not None):
         raise UserError("per-model splits and a source of several models need seeds: one per model")
@@ -334,7 +267,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
                         mean=tuple(dataset.mean), std=tuple(dataset.std))
                 for seed, split in zip(members, splits)]
     plans = [lambda epoch, context=context: method.plan(hparams, context, epoch) for context in contexts]
-    ensemble = _ensemble(seeds, execution)
+    ensemble = layout_of_models(seeds, execution)
     first = [plan(0) for plan in plans]  # the method's own checks of its plan, before anything is written
     if ensemble is not None:
         stack_plans(first)
@@ -371,17 +304,17 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
                      for model_parts in parts]
         labels = host_labels(dataset)
         procedure = Procedure(
-            loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=_plan_of_models(plans, ensemble),
+            loss_fn=method.loss_fn(hparams, contexts[0]), tx=tx, plan=plan_of_models(plans, ensemble),
             epochs=hparams.epochs,
             evaluate=lambda s, model: evaluate_parts(predict, s.params, s.batch_stats, data, labels, monitored[model]),
             should_stop=lambda evaluation: method.should_stop(evaluation, contexts[0]), learning_rate=schedule,
             aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
         )
         meta = {"config_hash": config_hash(run.config)}
-        state, last = fit(procedure, step_graphdef, _stacked(states, ensemble), data, run.path,
+        state, last = fit(procedure, step_graphdef, stacked(states, ensemble), data, run.path,
                           (run.step_log_path, run.epoch_log_path), meta, config.method,
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
-        metrics = _final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+        metrics = final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
             predict, model.params, model.batch_stats, data, labels, parts[k]), original.eval_sample)
         run.write_metrics(metrics)
         return metrics

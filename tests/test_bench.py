@@ -229,3 +229,27 @@ def test_cost_analysis_counts_a_loop_body_once_and_flops_scale_with_batch_and_de
         assert split[kind]["flops_per_step_per_device"] * 2 == split[kind]["flops_per_step"]
         assert split[kind]["flops_per_step"] / large[kind]["flops_per_step"] == pytest.approx(1.0, rel=0.03)
         assert split[kind]["losses"] == pytest.approx(large[kind]["losses"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_accelerator_script_runs_end_to_end_in_its_quick_mode(tmp_path):
+    """benchmarks/accelerator.sh --quick: the whole prepared script at tiny sizes, on CPU, so a lent GPU's
+    minutes are not spent finding a typo. Every figure it promises is written as JSON."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(["bash", os.path.join(root, "benchmarks", "accelerator.sh"), "--quick", str(tmp_path)],
+                            cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("bench-resnet18-scan", "bench-resnet18-steps", "bench-vit_small-scan"):
+        figures = json.loads((tmp_path / f"{name}.json").read_text())
+        assert set(figures["steps"]) == {"cu", "train", "cu bf16", "train bf16"}
+        for step in figures["steps"].values():
+            assert step["images_per_second"] > 0 and step["mfu"] is not None and 0 < step["mfu"] < 1
+    models = json.loads((tmp_path / "models-resnet18-k2.json").read_text())
+    assert set(models["steps"]["cu"]["models"]) == {"one_after_another", "vmapped"}
+    streaming = json.loads((tmp_path / "streaming-throughput.json").read_text())
+    assert streaming["stream_over_device"] > 0 and streaming["dataset"] == "synthetic_big"
+    end_to_end = json.loads((tmp_path / "end-to-end.json").read_text())
+    assert end_to_end["train_seconds"] > 0 and end_to_end["unlearn_seconds"] > 0
+    assert 0 <= end_to_end["unlearn_metrics"]["forget_train_acc"] <= 1
+    assert not (tmp_path / "synthetic-data").exists()  # the synthetic dataset is removed after use

@@ -107,3 +107,31 @@ def test_hyperparameter_overrides_are_typed_and_checked():
 def test_unknown_method_is_a_user_error():
     with pytest.raises(UserError, match="unknown method 'bogus'; choose from contrastive, retrain"):
         get_method("bogus")
+
+
+def test_the_supervised_plan_keeps_the_partial_batch_only_when_asked():
+    from jaxunlearn.methods.supervised import supervised_plan
+
+    indices = np.arange(100, 1538)  # 1,438 samples, batch 256: 5 full batches and 158 left over
+    dropped = supervised_plan(indices, 256, np.random.default_rng(3))
+    kept = supervised_plan(indices, 256, np.random.default_rng(3), keep_partial=True)
+    assert [block["train"].shape for block in dropped] == [(5, 256)]
+    assert [block["train"].shape for block in kept] == [(5, 256), (1, 158)]
+    np.testing.assert_array_equal(kept[0]["train"], dropped[0]["train"])  # the same shuffle, then the rest
+    assert sorted(np.concatenate([block["train"].ravel() for block in kept]).tolist()) == indices.tolist()
+
+
+@pytest.mark.slow
+def test_training_with_the_partial_batch_takes_one_more_step_per_epoch(tmp_path):
+    import json
+
+    from jaxunlearn import runs
+    from jaxunlearn.config import SupervisedHparams, TrainConfig
+    from jaxunlearn.engine.parallel import Execution
+
+    config = TrainConfig(dataset="digits", width=0.0625,
+                         recipe=SupervisedHparams(epochs=2, batch_size=256, keep_partial_batch=True))
+    metrics = runs.train(config, tmp_path / "run", execution=Execution(devices=8))
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in steps] == list(range(1, 13))  # 6 steps per epoch: 5 full, 1 of 158
+    assert all(np.isfinite(line["loss"]) for line in steps) and metrics["train_acc"] > 0.2  # chance: 0.1

@@ -111,8 +111,8 @@ def runs(tmp_path_factory):
 
 def test_streamed_training_in_two_processes_reads_each_process_its_own_rows(tmp_path):
     """Two processes stream a user's source read by index: the same steps as the device-resident run of the
-    same layout, bitwise; each process reads only its half of every global batch (704 of the 1,408 rows of
-    the 22 batches of 64), and no row is read by both."""
+    same layout, bitwise, for training, CU and random labels; each process reads only its half of every
+    global batch (in training, 704 of the 1,408 rows of the 22 batches of 64), and no row is read by both."""
     (tmp_path / "counted_digits.py").write_text(COUNTED)
     train = ["train", "--dataset", "counted_digits:make", "--width", "0.125", "--epochs", "1", "--batch-size", "64",
              "--eval-sample", "200"]
@@ -125,6 +125,13 @@ def test_streamed_training_in_two_processes_reads_each_process_its_own_rows(tmp_
         assert f"data: process {process} read 704 training rows for its share of the batches" in output, output
     assert sorted(len(read) for read in reads) == [704, 704]  # each row once, by one process only
     assert len(set(reads[0]) | set(reads[1])) == 1408 and not set(reads[0]) & set(reads[1])
+    for method, settings in (("contrastive", ["--epochs", "1"]), ("random_label", ["--epochs", "1"])):
+        unlearn = ["unlearn", "--from", str(tmp_path / "device"), "--method", method, "--forget", "class:5", *settings]
+        for placed in ("stream", "device"):
+            run_two_processes([*unlearn, "--data-placement", placed, "--workdir", str(tmp_path / f"{method}-{placed}")],
+                              cwd=tmp_path)
+        streamed = step_losses(tmp_path / f"{method}-stream")
+        assert len(streamed) > 0 and list(streamed) == list(step_losses(tmp_path / f"{method}-device")), method
 
 
 def test_training_in_two_processes_matches_one_process_of_eight_devices(runs):

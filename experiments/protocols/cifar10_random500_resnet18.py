@@ -5,6 +5,6 @@ Needs cifar10 prepared in array_record format (see experiments/README.md) and an
     jaxunlearn experiment experiments/protocols/cifar10_random500_resnet18.py --data-dir /data/tfds
 """
 
-from jaxunlearn.experiment import paper_protocol
+from jaxunlearn.protocols import paper_protocol
 
 PROTOCOL = paper_protocol("cifar10", "resnet18", "random:500")

@@ -13,6 +13,6 @@ on one CPU device; results in experiments/results/fashion_mnist_class5_tuned/:
     jaxunlearn experiment experiments/protocols/fashion_mnist_class5_tuned.py
 """
 
-from jaxunlearn.experiment import tuned_fashion_mnist_protocol
+from jaxunlearn.protocols import tuned_fashion_mnist_protocol
 
 PROTOCOL = tuned_fashion_mnist_protocol("class:5")

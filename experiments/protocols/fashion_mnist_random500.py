@@ -9,6 +9,6 @@ BENCHMARKS.md); results in experiments/results/fashion_mnist_random500/:
     jaxunlearn experiment experiments/protocols/fashion_mnist_random500.py
 """
 
-from jaxunlearn.experiment import fashion_mnist_protocol
+from jaxunlearn.protocols import fashion_mnist_protocol
 
 PROTOCOL = fashion_mnist_protocol("random:500")

@@ -5,6 +5,6 @@ Needs svhn_cropped prepared in array_record format (see experiments/README.md) a
     jaxunlearn experiment experiments/protocols/svhn_cropped_random500_resnet34.py --data-dir /data/tfds
 """
 
-from jaxunlearn.experiment import paper_protocol
+from jaxunlearn.protocols import paper_protocol
 
 PROTOCOL = paper_protocol("svhn_cropped", "resnet34", "random:500")

@@ -21,6 +21,7 @@ from jaxunlearn.data.device import gather_batch, normalise
 from jaxunlearn.data.stream import DATA_ROLES
 from jaxunlearn.engine.parallel import DATA_AXIS, PADDING_MASK, Backend
 from jaxunlearn.engine.state import TrainState
+from jaxunlearn.losses import sample_cross_entropy
 
 """The name of the data-parallel axis every step's collectives run over: name the axis so under
 `jax.shard_map` or `jax.pmap`, and pass it to a BatchNorm's `axis_name` to average its statistics."""
@@ -69,6 +70,12 @@ class StepContext:
         if train and getattr(model, "dropout", 0.0) > 0:
             options["keys"] = self.example_keys(images.shape[0], repeat)
         return model(images, train=train, **options)
+
+    def cross_entropy(self, model: nnx.Module, images: jax.Array, labels: jax.Array) -> jax.Array:
+        """This device's share of the mean cross-entropy of `model` in train mode on (images [B_local, ...],
+        labels [B_local]) over the global batch's real samples: `apply`, then `mean`."""
+        logits, _ = self.apply(model, images)
+        return self.mean(sample_cross_entropy(logits, labels))
 
     def example_keys(self, rows: int, repeat: int = 1) -> jax.Array:
         """Keys [rows] for this device's rows of `repeat` batches concatenated along their first axis (rows =

@@ -14,7 +14,6 @@ from flax import nnx
 
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
-from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, SGDHparams, register, shuffled_blocks
 
 
@@ -37,9 +36,7 @@ def retain_pass(context: Context, batch_size: int, epoch: int) -> list[Block]:
 
 def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):
     """Cross-entropy of the model in train mode on the retain batch; no named parts."""
-    images, labels = batch["retain"]
-    logits, _ = step.apply(model, images)
-    return step.mean(sample_cross_entropy(logits, labels)), {}
+    return step.cross_entropy(model, *batch["retain"]), {}
 
 
 @register

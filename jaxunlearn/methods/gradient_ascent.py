@@ -15,7 +15,6 @@ from flax import nnx
 
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
-from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, SGDHparams, register, shuffled_blocks
 
 
@@ -35,9 +34,7 @@ class GradientAscentHparams(SGDHparams):
 def negative_forget_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext
                                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """−CE of the model in train mode on the forget batch; the part `cross_entropy` is +CE."""
-    images, labels = batch["forget"]
-    logits, _ = step.apply(model, images)
-    ce = step.mean(sample_cross_entropy(logits, labels))
+    ce = step.cross_entropy(model, *batch["forget"])
     return -ce, {"cross_entropy": ce}
 
 

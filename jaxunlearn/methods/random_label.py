@@ -18,7 +18,6 @@ from flax import nnx
 
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, StepContext
-from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, Method, SGDHparams, register, shuffled_blocks
 
 RANDOM_LABEL = "random_label"
@@ -66,8 +65,7 @@ def random_label_loss(model: nnx.Module, batch: Batch, step: StepContext) -> tup
         labels = step.columns[RANDOM_LABEL]
     else:
         images, labels = batch["retain"]
-    logits, _ = step.apply(model, images)
-    return step.mean(sample_cross_entropy(logits, labels)), {}
+    return step.cross_entropy(model, images, labels), {}
 
 
 @register

@@ -21,7 +21,8 @@ class Retrain(Method):
         return supervised_optimizer(hparams, steps_per_epoch[0])
 
     def plan(self, hparams: SupervisedHparams, context: Context, epoch: int):
-        return supervised_plan(context.split.retain, hparams.batch_size, np.random.default_rng([context.seed, epoch]))
+        return supervised_plan(context.split.retain, hparams.batch_size, np.random.default_rng([context.seed, epoch]),
+                               keep_partial=hparams.keep_partial_batch)
 
     def loss_fn(self, hparams: SupervisedHparams, context: Context):
         return supervised_objective(hparams)

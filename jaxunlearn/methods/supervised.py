@@ -9,7 +9,6 @@ from jaxunlearn.config import SupervisedHparams
 from jaxunlearn.data.augment import random_crop_flip
 from jaxunlearn.engine.epoch import Block
 from jaxunlearn.engine.step import Batch, LossFn, StepContext
-from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.errors import UserError
 from jaxunlearn.methods.base import Schedule
 
@@ -27,23 +26,26 @@ def supervised_optimizer(hparams: SupervisedHparams, steps_per_epoch: int) -> tu
     return tx, schedule
 
 
-def supervised_plan(indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[Block]:
-    """One epoch over `indices` in a fresh random order, in full batches only.
-
-    The len(indices) % batch_size samples left over are a different random few each epoch; dropping them
-    keeps an epoch one compiled scan (a partial batch would compile a second one).
+def supervised_plan(indices: np.ndarray, batch_size: int, rng: np.random.Generator, *,
+                    keep_partial: bool = False) -> list[Block]:
+    """One epoch over `indices` in a fresh random order: full batches, then (keep_partial) the
+    len(indices) % batch_size samples left over as one last, smaller batch, as the official code's PyTorch
+    loader does. Without it those samples, a different random few each epoch, are dropped: an epoch is then
+    one compiled program (the partial batch compiles a second one).
     """
     if len(indices) < batch_size:
         raise UserError(f"batch size {batch_size} exceeds the {len(indices)} training samples")
+    order = rng.permutation(indices).astype(np.int32)
     usable = len(indices) // batch_size * batch_size
-    return [{"train": rng.permutation(indices)[:usable].reshape(-1, batch_size).astype(np.int32)}]
+    plan = [{"train": order[:usable].reshape(-1, batch_size)}]
+    if keep_partial and usable < len(order):
+        plan.append({"train": order[usable:][None]})
+    return plan
 
 
 def supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
     """Cross-entropy of the model in train mode on batch["train"]."""
-    images, labels = batch["train"]
-    logits, _ = context.apply(model, images)
-    return context.mean(sample_cross_entropy(logits, labels)), {}
+    return context.cross_entropy(model, *batch["train"]), {}
 
 
 def augmented_supervised_loss(model: nnx.Module, batch: Batch, context: StepContext):
