@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxunlearn demo
 
 test: $(STAMP)
-	$(PYTEST) --dist load -m "not slow"
+	$(PYTEST) --dist worksteal -m "not slow"
 
 test-long: $(STAMP)
 	$(PYTEST) --dist loadscope -m slow

@@ -47,7 +47,7 @@ from jaxunlearn.evaluation.challenge import (
 from jaxunlearn.evaluation.lira import balanced_shadow_halves, ulira
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.report import new_figure, save_figure
-from jaxunlearn.run import Run, training_data
+from jaxunlearn.run import Run
 from jaxunlearn.runs import obtain_split, resolve_hparams, source_config, train, unlearn
 
 REFERENCE = "retrain"
@@ -98,7 +98,7 @@ def check_audit(config: AuditConfig, source: str | Path, execution: Execution) -
     hparams = resolve_hparams(unlearn_config, original)
     if get_method(config.method).from_scratch:
         raise UserError(f"{config.method} is the reference itself; audit a method that starts from the original")
-    dataset = training_data(original)
+    dataset = Run(source).dataset  # checked against its recorded fingerprint
     split = make_split(config.forget, dataset.train_labels, dataset.num_classes,
                        pairing=config.pairing, seed=config.seed)
     context = Context(split=split, num_classes=dataset.num_classes, pairing=config.pairing, seed=config.seed,
@@ -122,7 +122,7 @@ def run_audit(config: AuditConfig, source: str | Path, workdir: str | Path, *,
 
 def _run_audit(config: AuditConfig, source: str | Path, workdir: Path, execution: Execution) -> dict[str, Any]:
     original = source_config(source)
-    dataset = training_data(original)
+    dataset = Run(source).dataset  # checked against its recorded fingerprint
     split = obtain_split(source, dataset, config.forget, config.pairing, config.seed)
     workdir = Path(workdir)
     n = config.models
@@ -275,7 +275,7 @@ def check_ulira(config: UliraConfig, source: str | Path, execution: Execution) -
         raise UserError(f"the audited examples are held by half of the shadows: an even count >= 2, "
                         f"got {config.audited}")
     original = source_config(source)
-    train_size = len(training_data(original).train_labels)
+    train_size = len(Run(source).dataset.train_labels)
     if config.audited > train_size // 2:
         raise UserError(f"at most half of the {train_size} training images can be audited, got {config.audited}")
     method = get_method(config.method)
@@ -312,7 +312,7 @@ def run_ulira(config: UliraConfig, source: str | Path, workdir: str | Path, *,
 
 def _run_ulira(config: UliraConfig, source: str | Path, workdir: Path, execution: Execution) -> dict[str, Any]:
     original = source_config(source)
-    dataset = training_data(original)
+    dataset = Run(source).dataset  # checked against its recorded fingerprint
     audited = make_split(ForgetSpec("random", count=config.audited), dataset.train_labels, dataset.num_classes,
                          seed=config.seed).forget
     subsets, held_in = balanced_shadow_halves(len(dataset.train_labels), audited, config.shadows, config.seed)

@@ -96,13 +96,12 @@ def _ulira(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from jaxunlearn.run import training_data
-    from jaxunlearn.runs import evaluate, obtain_split, source_config
+    from jaxunlearn.run import Run
+    from jaxunlearn.runs import evaluate, obtain_split
 
     split = None
     if args.forget:
-        original = source_config(args.source)
-        dataset = training_data(original)
+        dataset = Run(args.source).dataset
         split = obtain_split(args.source, dataset, parse_forget(args.forget), args.pairing, args.seed)
     if args.relearn_steps < 0:
         raise UserError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
@@ -189,6 +188,20 @@ def _configure_libraries() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+def check_backend() -> None:
+    """UserError, in one line, when JAX cannot start a backend (JAX_PLATFORMS naming a platform this machine
+    lacks, an accelerator runtime that fails): JAX would raise it from inside the command's first device use."""
+    import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else "no backend initialised"
+        platforms = os.environ.get("JAX_PLATFORMS")
+        raise UserError(f"JAX cannot start a backend{f' for JAX_PLATFORMS={platforms}' if platforms else ''}: "
+                        f"{detail} (is that platform's jaxlib plugin installed?)") from None
+
+
 def load_plugins(modules: Sequence[str]) -> None:
     """Import each of `modules` (from the working directory or the Python path): a user's methods
     (`jaxunlearn.register`), models (`register_model`) and datasets (`register_dataset`) register themselves
@@ -243,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
                                    timeout=args.coordinator_timeout)
         _configure_libraries()
+        check_backend()
         handlers[args.command](args)
     except UserError as error:
         print(f"jaxunlearn: error: {in_flags(str(error))}", file=sys.stderr)

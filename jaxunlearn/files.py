@@ -88,92 +88,79 @@ def is_leftover(path: Path) -> bool:
 
 
 class RunLock:
-    """The one writer of a run directory: an exclusive OS lock (`fcntl.flock`) on `directory/.lock`, held from
-    before the first write until `release()` or the end of the process.
+    """The one writer of a run directory: an exclusive OS lock (`fcntl.flock`) on the directory itself, held
+    from before the first write until `release()` or the end of the process; `directory/.lock` records the
+    holder's pid and host, for messages only.
 
-    `RunLock(directory)` takes it at once or raises UserError naming the process that holds it (the file records
-    its pid and host, for that message only). The kernel frees the lock when its process dies, kill -9
-    included, so there is no stale lock to take over and no moment at which two processes hold it; a file left
-    by a dead process is simply locked again. On a network file system the lock reaches other hosts where the
-    file system supports locking (NFS does; gcsfuse guards only the processes of one host).
+    `RunLock(directory)` takes it at once or raises UserError naming the process that holds it. The kernel frees
+    the lock when its process dies, kill -9 included, so there is no stale lock to take over and no moment at
+    which two processes hold it; a record left by a dead process is simply overwritten. The lock is on the
+    directory's inode, not on a file in it: deleting or replacing `.lock` cannot hand the run to a second
+    writer. On a network file system the lock reaches other hosts where the file system supports locking
+    (NFS does; gcsfuse guards only the processes of one host).
 
     Within one process the lock is re-entrant: taking it again for the same directory (a library call nested
     in another that holds it) returns at once, and the outermost release frees it.
     """
 
     _held: dict[Path, list] = {}
-    """This process's locks: resolved lock path → [file descriptor, depth]."""
+    """This process's locks: resolved directory → [file descriptor, depth]."""
 
     def __init__(self, directory: str | os.PathLike, *, wait: float = 0.0):
-        self.path = Path(os.path.realpath(directory)) / LOCK_FILE
+        self.directory = Path(os.path.realpath(directory))
+        self.path = self.directory / LOCK_FILE
         self.holder = {"pid": os.getpid(), "host": socket.gethostname()}
-        held = RunLock._held.get(self.path)
+        held = RunLock._held.get(self.directory)
         if held is not None:
             held[1] += 1
             return
-        RunLock._held[self.path] = [self._take(time.monotonic() + wait), 1]
+        RunLock._held[self.directory] = [self._take(time.monotonic() + wait), 1]
 
     def _take(self, deadline: float) -> int:
         """wait: seconds to keep trying while another process holds it (a brief writer, such as another
         evaluation writing its metrics), before the UserError."""
         while True:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
-                holder = _read_holder(descriptor)
                 os.close(descriptor)
                 if time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
-                raise UserError(f"{self.path.parent} is in use by process {holder.get('pid', '?')} on "
+                holder = _read_holder(self.path)
+                raise UserError(f"{self.directory} is in use by process {holder.get('pid', '?')} on "
                                 f"{holder.get('host', '?')}; wait for it to end") from None
             except BaseException:
                 os.close(descriptor)
                 raise
-            # A holder releases by deleting the file while it holds the lock: the file this process opened may
-            # have been deleted (and another created) before the lock was granted. Locked and still the file at
-            # the path: this process holds the run's lock.
-            try:
-                if os.stat(self.path).st_ino == os.fstat(descriptor).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(descriptor)
         try:
-            os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, json.dumps(self.holder).encode(), 0)
+            write_text(self.path, json.dumps(self.holder))
         except OSError:
             pass  # the record is only for messages; the lock is held
         return descriptor
 
     def release(self) -> None:
-        """Free the lock (the outermost release of this process's nested ones): the file is deleted while
-        still locked, so a process that opened it meanwhile sees it gone and takes a new one."""
-        held = RunLock._held.get(self.path)
+        """Free the lock (the outermost release of this process's nested ones), deleting the record first."""
+        held = RunLock._held.get(self.directory)
         if held is None:
             return
         held[1] -= 1
         if held[1]:
             return
-        del RunLock._held[self.path]
+        del RunLock._held[self.directory]
         try:
             self.path.unlink()
         except OSError:
             pass
         os.close(held[0])
 
-    def __enter__(self) -> "RunLock":
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def _read_holder(descriptor: int) -> dict[str, Any]:
-    """The pid and host a lock file records ({} when it holds none yet)."""
+def _read_holder(path: Path) -> dict[str, Any]:
+    """The pid and host a lock record holds ({} when there is none)."""
     try:
-        holder = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
+        holder = json.loads(path.read_bytes() or b"{}")
         return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
         return {}

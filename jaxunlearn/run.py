@@ -177,10 +177,13 @@ class Run:
         """The split an unlearning run forgot (its split.npz), or None; UserError unless it is the split its
         config.json records (by content hash)."""
         path = self.path / SPLIT_FILE
+        expected = self.config.get("split_hash")
         if not path.exists():
+            if expected is not None:
+                raise UserError(f"{path} is missing: this run forgot the split of hash {expected[:12]} (its "
+                                f"{CONFIG_FILE}); without it its forget metrics cannot be computed")
             return None
         split = load_split(path)
-        expected = self.config.get("split_hash")
         if expected is not None and split.content_hash() != expected:
             raise UserError(f"{path} holds {split.spec} (hash {split.content_hash()[:12]}), not the split this run "
                             f"forgot (hash {expected[:12]} in its {CONFIG_FILE}); the file was replaced")
@@ -303,8 +306,8 @@ class Run:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator["Run"]:
-        """Hold this existing run's lock while writing into it (evaluate, report): UserError when another
-        process holds it for more than `BRIEF_WRITE` seconds (a run still going)."""
+        """Hold this existing run's lock while reading it to write into it (evaluate, report): UserError when
+        another process holds it for more than `BRIEF_WRITE` seconds (a run still going, another evaluation)."""
         lock = RunLock(self.path, wait=BRIEF_WRITE) if is_main_process() else None
         try:
             yield self
@@ -337,8 +340,8 @@ class Run:
 
 
 BRIEF_WRITE = 10.0
-"""Seconds a writer of an existing run (an evaluation writing its metrics) waits for another that holds the
-run's lock: long enough for another evaluation's write, far shorter than a run still going."""
+"""Seconds an evaluation of an existing run waits for another process that holds the run's lock before it
+refuses: a short evaluation of another process may end meanwhile; a run still going will not."""
 
 
 def split_name(spec: Any, pairing: str, seed: int) -> str:

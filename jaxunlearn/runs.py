@@ -247,7 +247,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
     original = source_config(source)
     _check_finished(as_run(source), allow_unfinished)
     hparams = resolve_hparams(config, original)
-    dataset = training_data(original, config.data_dir)
+    dataset = Run(source, data_dir=config.data_dir).dataset  # checked against its recorded fingerprint
     members = [config.seed] if seeds is None else check_seeds(seeds)
     source_seeds = as_run(source).seeds
     if seeds is None and (splits is not None or source_seeds is not None):
@@ -364,6 +364,12 @@ def evaluate(run: str | Path | Run, split: Split | None = None, *, reference: st
     report of many runs restores it once).
     """
     run = as_run(run)
+    with run.writing():  # read, computed and written under the run's lock: never beside its writer
+        return _evaluate(run, split, reference, original, relearn)
+
+
+def _evaluate(run: Run, split: Split | None, reference: str | Path | Run | None, original: Run | None,
+              relearn: RelearnSettings) -> dict[str, float]:
     split = run.split if split is None else split
     source = run.source  # UserError when the original changed since the run started from it
     if original is not None and source is not None and original.path.resolve() != source.path.resolve():
@@ -398,8 +404,7 @@ def evaluate(run: str | Path | Run, split: Split | None = None, *, reference: st
     meta = run.meta
     metrics.update(seconds=meta.get("seconds", 0.0), compile_seconds=meta.get("compile_seconds", 0.0),
                    steps=meta.get("steps", 0), epochs=meta["epoch"])
-    with run.writing():
-        run.write_metrics(metrics, split)
+    run.write_metrics(metrics, split)
     return metrics
 
 

@@ -124,6 +124,80 @@ def test_evaluate_refuses_a_run_another_process_is_writing(original, tmp_path, c
     assert cli("evaluate", "--from", runs_dir / "cu") == 0  # the kernel freed the killed holder's lock
 
 
+
+def test_deleting_the_lock_record_lets_no_second_writer_in(tmp_path):
+    """The lock is on the run directory itself: `.lock` only names the holder, so deleting it (or writing
+    another) while a run goes on cannot let a second writer in (it did when the lock was on that file)."""
+    from jaxunlearn.files import LOCK_FILE, RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from jaxunlearn.files import RunLock
+        RunLock({str(run)!r}); print("held", flush=True); time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == holder.pid
+        (run / LOCK_FILE).unlink()
+        with pytest.raises(UserError, match="in use by process"):
+            RunLock(run)
+        (run / LOCK_FILE).write_text("{}")
+        with pytest.raises(UserError, match="in use by process"):
+            RunLock(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLock(run).release()  # the kernel freed the killed holder's lock
+
+
+def test_a_missing_split_file_is_refused(original, tmp_path, capsys):
+    runs_dir = copy_of(original, tmp_path)
+    before = (runs_dir / "cu" / "metrics.json").read_text()
+    (runs_dir / "cu" / "split.npz").unlink()
+    assert cli("evaluate", "--from", runs_dir / "cu") == 2
+    assert "split.npz is missing" in capsys.readouterr().err  # not training-run metrics under the same names
+    assert (runs_dir / "cu" / "metrics.json").read_text() == before
+
+
+DIRECTORY_DATASET = """
+import numpy as np
+import jaxunlearn as ju
+
+def make(data_dir):
+    arrays = np.load(f"{data_dir}/data.npz")
+    return ju.Dataset.from_arrays(arrays["x"], arrays["y"], arrays["tx"], arrays["ty"], name="from_a_directory")
+"""
+
+
+def test_unlearning_from_other_data_than_the_original_saw_is_refused(tmp_path, monkeypatch):
+    """`--data-dir` says where the data is now; data whose content differs from what the original was
+    trained on (here every training label shifted by one) is refused before anything is written."""
+    (tmp_path / "directory_dataset.py").write_text(DIRECTORY_DATASET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    digits = ju.load_dataset("digits")
+    arrays = dict(x=digits.train_images, y=digits.train_labels, tx=digits.test_images, ty=digits.test_labels)
+    for name, labels in (("same", arrays["y"]), ("other", (arrays["y"] + 1) % 10)):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "data.npz", **{**arrays, "y": labels})
+    config = TrainConfig(dataset="directory_dataset:make", data_dir=str(tmp_path / "same"), width=0.0625,
+                         recipe=SupervisedHparams(epochs=1, batch_size=256))
+    runs.train(config, tmp_path / "original", execution=ONE_DEVICE)
+    forget = ju.UnlearnConfig(method="finetune", forget="class:5", hparams={"epochs": "1"},
+                              data_dir=str(tmp_path / "other"))
+    with pytest.raises(UserError, match="is not the data this run's model was trained on"):
+        runs.unlearn(forget, tmp_path / "original", tmp_path / "unlearned", execution=ONE_DEVICE)
+    assert not (tmp_path / "unlearned").exists() and not (tmp_path / "original" / "splits").exists()
+
+
+def test_a_platform_jax_cannot_start_is_one_line(tmp_path):
+    finished = subprocess.run([sys.executable, "-m", "jaxunlearn.cli", "train", "--workdir", str(tmp_path / "w")],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "tpu"})
+    assert finished.returncode == 2
+    [line] = finished.stderr.strip().splitlines()
+    assert line.startswith("jaxunlearn: error: JAX cannot start a backend for JAX_PLATFORMS=tpu: ")
+    assert not (tmp_path / "w").exists()
+
 def kill_after_first_save(monkeypatch):
     real = checkpoint.save
 

@@ -169,7 +169,8 @@ def dropout_resnet(num_classes, seed):
                         dropout=0.5)
 
 
-@pytest.mark.parametrize("case", ["augmented-supervised", "contrastive-class"])
+@pytest.mark.parametrize("case", ["augmented-supervised",
+                                  pytest.param("contrastive-class", marks=pytest.mark.slow)])  # `make test-long`
 def test_dropout_and_augmentation_draw_the_same_on_1_2_and_8_devices(digits, case):
     """Each example's dropout mask and crop come from its own key (its position in the global batch), so
     the steps of a model with dropout (and, training, the crop-and-flip recipe) are the same on every device

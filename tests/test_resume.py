@@ -176,7 +176,7 @@ def test_a_non_finite_last_update_is_never_checkpointed(tmp_path, monkeypatch):
     """The last update of epoch 2 (step 10) is NaN and every loss of epoch 2 finite: the state check stops
     the run, and the latest checkpoint stays epoch 1's, finite."""
     workdir = tmp_path / "run"
-    monkeypatch.setattr(runs, "supervised_loss", poisoned_at(9))
+    monkeypatch.setattr(runs, "supervised_objective", lambda recipe: poisoned_at(9))
     with pytest.raises(TrainingDiverged, match=r"non-finite parameters or optimizer state after step 10 "
                                                r"\(epoch 2\); the last finite checkpoint, epoch 1, is kept"):
         train(workdir)
@@ -187,7 +187,7 @@ def test_a_non_finite_last_update_is_never_checkpointed(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_first_update_that_diverges_exits_1_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runs, "supervised_loss", poisoned_at(0))
+    monkeypatch.setattr(runs, "supervised_objective", lambda recipe: poisoned_at(0))
     workdir = tmp_path / "run"
     assert main(["train", "--dataset", "digits", "--width", "0.0625", "--epochs", "2", "--batch-size", "256",
                  "--devices", "1", "--save-every", "0", "--workdir", str(workdir)]) == 1
