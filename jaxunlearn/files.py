@@ -156,6 +156,12 @@ class RunLock:
             pass
         os.close(held[0])
 
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
 
 def _read_holder(path: Path) -> dict[str, Any]:
     """The pid and host a lock record holds ({} when there is none)."""

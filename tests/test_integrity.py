@@ -148,7 +148,9 @@ def test_deleting_the_lock_record_lets_no_second_writer_in(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    RunLock(run).release()  # the kernel freed the killed holder's lock
+    with RunLock(run):  # the kernel freed the killed holder's lock
+        assert (run / LOCK_FILE).exists()
+    assert not (run / LOCK_FILE).exists()
 
 
 def test_a_missing_split_file_is_refused(original, tmp_path, capsys):
