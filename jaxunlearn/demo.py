@@ -1,4 +1,4 @@
-"""`jaxunlearn demo`: the whole pipeline on scikit-learn's digits in about two minutes on two CPU cores.
+"""`jaxunlearn demo`: the whole pipeline on scikit-learn's digits in under a minute on two CPU cores.
 
 Trains a narrow ResNet-18 (width 1/8) on digits, forgets class 5 with Contrastive Unlearning, retrains the
 reference on the retain set, and prints one row per model.
