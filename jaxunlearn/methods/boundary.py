@@ -130,8 +130,7 @@ class BoundaryShrink(Method):
                 frozen, images, labels, context.mean, context.std,
                 bound=hparams.bound, step=step_size, iterations=iterations))
             neighbour_labels = jnp.argmax(jax.lax.stop_gradient(frozen(neighbours)), axis=1)
-            logits, _ = step.apply(model, images)
-            return step.mean(sample_cross_entropy(logits, neighbour_labels)), {
+            return step.cross_entropy(model, images, neighbour_labels), {
                 "attack_success": step.mean((neighbour_labels != labels).astype(jnp.float32))}
 
         return loss

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxunlearn.losses import sample_cross_entropy
 from jaxunlearn.methods.base import Context, register
 from jaxunlearn.methods.finetune import Finetune, FinetuneHparams
 
@@ -48,9 +47,7 @@ class L1Sparse(Finetune):
 
     def loss_fn(self, hparams: L1SparseHparams, context: Context):
         def loss(model, batch, step):
-            images, labels = batch["retain"]
-            logits, _ = step.apply(model, images)
-            ce = step.mean(sample_cross_entropy(logits, labels))
+            ce = step.cross_entropy(model, *batch["retain"])
             coefficient = l1_coefficient(hparams.gamma, hparams.epochs, hparams.no_l1_epochs, step.epoch)
             norm = l1_norm(nnx.state(model, nnx.Param))
             return ce + coefficient * norm, {"cross_entropy": ce, "l1_norm": norm, "l1_coefficient": coefficient}

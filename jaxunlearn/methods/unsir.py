@@ -33,7 +33,7 @@ import optax
 
 from jaxunlearn.config import Hparams
 from jaxunlearn.errors import UserError
-from jaxunlearn.losses import cross_entropy, sample_cross_entropy
+from jaxunlearn.losses import cross_entropy
 from jaxunlearn.methods.base import Context, Method, Schedule, StartingModel, mixed_blocks, register, shuffled_blocks
 
 
@@ -183,7 +183,6 @@ class Unsir(Method):
                 images = jnp.where(is_noise[:, None, None, None], step.aux["images"][safe], images)
                 labels = jnp.where(is_noise, step.aux["labels"][safe], labels)
                 noise_fraction = step.mean(is_noise.astype(jnp.float32))
-            logits, _ = step.apply(model, images)
-            return step.mean(sample_cross_entropy(logits, labels)), {"noise_fraction": noise_fraction}
+            return step.cross_entropy(model, images, labels), {"noise_fraction": noise_fraction}
 
         return loss
