@@ -185,7 +185,7 @@ def _configure_libraries() -> None:
     if not jax.config.jax_compilation_cache_dir:
         cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         jax.config.update("jax_compilation_cache_dir", str(cache_home / "jaxunlearn" / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def check_backend() -> None:

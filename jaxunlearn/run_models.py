@@ -72,13 +72,14 @@ def stacked(states: Sequence[TrainState], ensemble: Ensemble | None) -> TrainSta
 
 
 def final_metrics(state: TrainState, ensemble: Ensemble | None, seeds: Sequence[int] | None,
-                   last: dict[str, Any], evaluate: Callable[[int, TrainState], dict[str, float]],
+                   last: dict[str, Any], evaluate: Callable[[int, TrainState, dict[str, float]], dict[str, float]],
                    eval_sample: int | None) -> dict[str, Any]:
     """metrics.json of a run: the model's metrics, or one dict per model under "models"; with the run's
-    seconds, steps and epochs."""
+    seconds, steps and epochs. evaluate(k, model k's state, what the run's last evaluation measured of that
+    state) → its metrics: the loop's evaluation of the final state is passed on, so nothing is measured twice."""
     totals = {"seconds": last["seconds"], "compile_seconds": last.get("compile_seconds", 0.0), "steps": last["steps"],
               "epochs": last["epoch"], **({} if eval_sample is None else {"eval_sample": eval_sample})}
     if ensemble is None:
-        return {**evaluate(0, state), **totals}
-    models = [evaluate(k, take(state, k)) for k in range(ensemble.count)]
+        return {**evaluate(0, state, last["evaluation"]), **totals}
+    models = [evaluate(k, take(state, k), last["evaluation"][k]) for k in range(ensemble.count)]
     return {"seeds": [int(seed) for seed in seeds], "models": models, **totals}

@@ -101,9 +101,10 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         state, last = fit(procedure, step_graphdef, stacked(states, ensemble), data, run.path,
                           (run.step_log_path, run.epoch_log_path), meta, "train",
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
-        metrics = final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
+        metrics = final_metrics(state, ensemble, seeds, last, lambda k, model, known: evaluate_parts(
             predict, model.params, model.batch_stats, data, host_labels(dataset),
-            {**sampled({"train": ("train", pools[k])}, config.eval_sample), **held_out_sets}), config.eval_sample)
+            {**sampled({"train": ("train", pools[k])}, config.eval_sample), **held_out_sets}, known),
+            config.eval_sample)
         run.write_metrics(metrics)
         return metrics
 
@@ -314,8 +315,8 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
         state, last = fit(procedure, step_graphdef, stacked(states, ensemble), data, run.path,
                           (run.step_log_path, run.epoch_log_path), meta, config.method,
                           execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
-        metrics = final_metrics(state, ensemble, seeds, last, lambda k, model: evaluate_parts(
-            predict, model.params, model.batch_stats, data, labels, parts[k]), original.eval_sample)
+        metrics = final_metrics(state, ensemble, seeds, last, lambda k, model, known: evaluate_parts(
+            predict, model.params, model.batch_stats, data, labels, parts[k], known), original.eval_sample)
         run.write_metrics(metrics)
         return metrics
 

@@ -62,6 +62,12 @@ class Procedure:
     evaluate_every_epoch: bool = True
 
 
+@jax.jit
+def copy_tree(tree: Any) -> Any:
+    """A copy of every array of `tree` in new buffers, as one program (not one per leaf)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def finite_models(tree: Any, models_axis: bool) -> jax.Array:
     """Whether every floating leaf of `tree` is finite: bool [] or, with `models_axis`, bool [K] per model
@@ -92,7 +98,7 @@ class _OneModel:
                 (local_replica(state), self.data.train_images, self.data.train_labels, self.procedure.aux), self.mesh)
         # The epoch donates the state: give it buffers of its own, not shared with the caller's arrays or with
         # the method's constants (a frozen teacher is the starting model itself).
-        return jax.tree.map(jnp.copy, state)
+        return copy_tree(state)
 
     def _place_rows(self, local: np.ndarray) -> Any:
         """This process's rows of a streamed batch [B_local, ...] as the step takes them: one global array split

@@ -39,6 +39,7 @@ def create_state(params: nnx.State, batch_stats: nnx.State, tx: optax.GradientTr
     (default `model_key(0)`)."""
     extra = {} if extra is None else extra
     return TrainState(
-        params=params, batch_stats=batch_stats, opt_state=tx.init((params, extra)), extra=extra,
+        # one compiled program, not one small program per leaf (each a compilation or a cache read)
+        params=params, batch_stats=batch_stats, opt_state=jax.jit(tx.init)((params, extra)), extra=extra,
         step=jax.numpy.zeros((), jax.numpy.int32), key=model_key(0) if key is None else jax.numpy.asarray(key),
     )

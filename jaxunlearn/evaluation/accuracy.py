@@ -111,19 +111,40 @@ def whole_sets(dataset: Dataset, at_most: int | None = None) -> Parts:
 def part_outputs(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: "DeviceData | StreamedData",
                  parts: Parts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """part name → (logits [n, C], embeddings [n, D]) of the model (params, batch_stats); streamed data is
-    read for just the parts' rows (`resident_parts`)."""
+    read for just the parts' rows (`resident_parts`). The parts of one set go through one `predict` call (one
+    program per set, not per part); eval mode makes each row's outputs independent of the others."""
     data, parts, _ = resident_parts(data, parts, {})
     images = {"train": data.train_images, "test": data.test_images, "validation": data.validation_images}
-    return {name: predict(params, batch_stats, images[where], indices) for name, (where, indices) in parts.items()}
+    outputs = {}
+    for where in dict.fromkeys(where for where, _ in parts.values()):
+        names = [name for name, (part_set, _) in parts.items() if part_set == where]
+        logits, feat = predict(params, batch_stats, images[where], np.concatenate([parts[n][1] for n in names]))
+        ends = np.cumsum([len(parts[n][1]) for n in names])
+        for name, end in zip(names, ends):
+            start = end - len(parts[name][1])
+            outputs[name] = (logits[start:end], feat[start:end])
+    return {name: outputs[name] for name in parts}
 
 
 def evaluate_parts(predict: Predictor, params: nnx.State, batch_stats: nnx.State, data: "DeviceData | StreamedData",
-                   labels: dict[str, np.ndarray], parts: Parts) -> dict[str, float]:
-    """`<part>_acc` and `<part>_conf` for each part; `labels` maps each set to its host labels (`host_labels`)."""
-    data, parts, labels = resident_parts(data, parts, labels)
-    outputs = part_outputs(predict, params, batch_stats, data, parts)
+                   labels: dict[str, np.ndarray], parts: Parts, known: dict[str, float] | None = None
+                   ) -> dict[str, float]:
+    """`<part>_acc` and `<part>_conf` for each part; `labels` maps each set to its host labels (`host_labels`).
+    known: metrics already measured on this same model (the last epoch's evaluation of the final state): the
+    parts they cover are taken from it, not evaluated again."""
+    known = known or {}
+    measured = {name: part for name, part in parts.items()
+                if f"{name}_acc" not in known or f"{name}_conf" not in known}
+    outputs = {}
+    if measured:
+        data, measured, labels = resident_parts(data, measured, labels)
+        outputs = part_outputs(predict, params, batch_stats, data, measured)
     metrics = {}
-    for name, (where, indices) in parts.items():
-        acc, conf = accuracy_and_confidence(outputs[name][0], labels[where][indices])
-        metrics[f"{name}_acc"], metrics[f"{name}_conf"] = acc, conf
+    for name in parts:
+        if name in measured:
+            where, indices = measured[name]
+            metrics[f"{name}_acc"], metrics[f"{name}_conf"] = accuracy_and_confidence(
+                outputs[name][0], labels[where][indices])
+        else:
+            metrics[f"{name}_acc"], metrics[f"{name}_conf"] = known[f"{name}_acc"], known[f"{name}_conf"]
     return metrics

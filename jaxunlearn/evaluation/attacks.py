@@ -8,7 +8,6 @@ Two families:
 """
 
 import numpy as np
-from sklearn.svm import SVC
 
 SCORES_MEMBER_HIGHER = {"loss": False, "confidence": True, "logit_confidence": True}
 """The per-example scores of `per_example_scores`, and whether members are expected to score higher."""
@@ -52,6 +51,8 @@ def svc_mia_efficacy(member_conf: np.ndarray, nonmember_conf: np.ndarray, target
         return float("nan")
     features = np.concatenate([member_conf, nonmember_conf]).astype(np.float64).reshape(-1, 1)
     membership = np.concatenate([np.ones(len(member_conf)), np.zeros(len(nonmember_conf))])
+    from sklearn.svm import SVC  # here, not at import: scikit-learn takes most of a second to import
+
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(features, membership)
     return float(1 - clf.predict(np.asarray(target_conf, np.float64).reshape(-1, 1)).mean())
 

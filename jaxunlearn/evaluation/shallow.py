@@ -15,9 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from jaxunlearn.data.device import DeviceData, normalise
 from jaxunlearn.data.placement import StreamedData, resident_rows
@@ -91,6 +88,10 @@ def probe_accuracies(test_feat: np.ndarray, test_labels: np.ndarray, forget_feat
     - "probe_forget_acc": class forgetting, on the other half's images of the forgotten classes (can the
       class still be read off the embedding?); sample forgetting, on the forget set itself.
     """
+    from sklearn.linear_model import LogisticRegression  # here, not at import: see attacks.svc_mia_efficacy
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     fit_half, score_half = held_out_halves(test_labels, seed)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     probe.fit(np.asarray(test_feat, np.float64)[fit_half], test_labels[fit_half])
