@@ -176,8 +176,9 @@ def format_metrics(metrics: dict) -> str:
 
 
 def _configure_libraries() -> None:
-    """Quiet library logging, and keep compiled XLA programs on disk across runs
-    (JAX_COMPILATION_CACHE_DIR overrides the place)."""
+    """Quiet library logging, and keep every compiled XLA program on disk across runs
+    (JAX_COMPILATION_CACHE_DIR overrides the place): even a program that compiles fast is traced, lowered
+    and compiled again otherwise, and a warm run is faster with all of them cached (BENCHMARKS.md)."""
     import jax
     from absl import logging
 

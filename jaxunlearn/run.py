@@ -46,6 +46,7 @@ from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import Predictor, make_predictor
 from jaxunlearn.files import LOCK_FILE, RunLock, is_leftover, read_log, write_json
 from jaxunlearn.models import create_model
+from jaxunlearn.models.conv import resolve_conv
 from jaxunlearn.run_config import config_hash, is_run_config, same_run
 
 CONFIG_FILE = "config.json"
@@ -84,11 +85,28 @@ def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed
     initialise=False gives shape-only trees (`jax.ShapeDtypeStruct` leaves) to restore a checkpoint into,
     which skips the initialisers (seconds of compilation on CPU the first time in a process).
     """
-    build = lambda: create_model(config.model, dataset.num_classes, in_channels=dataset.image_shape[-1],
-                                 image_size=dataset.image_shape[:2], width=config.width, depth=config.depth,
-                                 seed=config.seed if seed is None else seed, bn_axis_name=DATA_AXIS, precision=precision,
-                                 conv=conv, dropout=config.dropout)
-    return nnx.split(build() if initialise else nnx.eval_shape(build), nnx.Param, nnx.BatchStat)
+    seed = config.seed if seed is None else seed
+    if not initialise:  # the same shapes for the checkpoint and the step: built once, handed out in new containers
+        graphdef, params, batch_stats = _model_shapes(config, dataset.num_classes, dataset.image_shape, seed,
+                                                      precision, resolve_conv(conv))
+        return graphdef, *jax.tree.map(lambda leaf: leaf, (params, batch_stats))
+    return nnx.split(_build_model(config, dataset.num_classes, dataset.image_shape, seed, precision, conv),
+                     nnx.Param, nnx.BatchStat)
+
+
+def _build_model(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], seed: int, precision: str,
+                 conv: str) -> nnx.Module:
+    return create_model(config.model, num_classes, in_channels=image_shape[-1], image_size=image_shape[:2],
+                        width=config.width, depth=config.depth, seed=seed, bn_axis_name=DATA_AXIS,
+                        precision=precision, conv=conv, dropout=config.dropout)
+
+
+@functools.lru_cache(maxsize=8)
+def _model_shapes(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], seed: int, precision: str,
+                  conv: str) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """`model_state(..., initialise=False)`: a graph and trees of `jax.ShapeDtypeStruct`, all immutable."""
+    return nnx.split(nnx.eval_shape(lambda: _build_model(config, num_classes, image_shape, seed, precision, conv)),
+                     nnx.Param, nnx.BatchStat)
 
 
 class Run:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import types
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +254,66 @@ def test_the_accelerator_script_runs_end_to_end_in_its_quick_mode(tmp_path):
     assert end_to_end["train_seconds"] > 0 and end_to_end["unlearn_seconds"] > 0
     assert 0 <= end_to_end["unlearn_metrics"]["forget_train_acc"] <= 1
     assert not (tmp_path / "synthetic-data").exists()  # the synthetic dataset is removed after use
+
+
+def _official_resnet18_state(widths: list[int], in_channels: int, num_classes: int, feature_dim: int = 128
+                             ) -> dict[str, tuple[int, ...]]:
+    """The official SupConResNet(resnet18) state_dict's parameter names and shapes (num_batches_tracked
+    left out), written out from its code (core/model/resnet.py) for the given widths and input channels."""
+    names: dict[str, tuple[int, ...]] = {}
+
+    def bn(name, channels):
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            names[f"{name}.{part}"] = (channels,)
+
+    names["encoder.conv1.weight"] = (widths[0], in_channels, 3, 3)
+    bn("encoder.bn1", widths[0])
+    in_planes = widths[0]
+    for stage, planes in enumerate(widths, start=1):
+        for block in (0, 1):
+            stride = 2 if stage > 1 and block == 0 else 1
+            prefix = f"encoder.layer{stage}.{block}"
+            names[f"{prefix}.conv1.weight"] = (planes, in_planes, 3, 3)
+            bn(f"{prefix}.bn1", planes)
+            names[f"{prefix}.conv2.weight"] = (planes, planes, 3, 3)
+            bn(f"{prefix}.bn2", planes)
+            if stride != 1 or in_planes != planes:
+                names[f"{prefix}.shortcut.0.weight"] = (planes, in_planes, 1, 1)
+                bn(f"{prefix}.shortcut.1", planes)
+            in_planes = planes
+    dim = widths[-1]
+    names.update({"head.0.weight": (dim, dim), "head.0.bias": (dim,), "head.2.weight": (feature_dim, dim),
+                  "head.2.bias": (feature_dim,), "fc.1.weight": (num_classes, feature_dim), "fc.1.bias": (num_classes,)})
+    return names
+
+
+@pytest.mark.slow
+def test_the_end_to_end_comparison_exports_the_official_models_parameters(digits_run, tmp_path):
+    """benchmarks/official_end_to_end.py hands the official code our original: every parameter of the official
+    model, under its name and in its layout (OIHW convolutions, [out, in] linear weights), and nothing else.
+    (The script also compares the two models' logits each time it runs; that needs torch.)"""
+    import importlib.util
+
+    import numpy as np
+
+    from jaxunlearn.run import Run
+
+    spec = importlib.util.spec_from_file_location("official_end_to_end", Path(__file__).parent.parent /
+                                                  "benchmarks" / "official_end_to_end.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    source, _ = digits_run
+    script.export(str(source), tmp_path / "export.npz")
+    exported = np.load(tmp_path / "export.npz")
+    weights = {name[2:]: exported[name].shape for name in exported.files if name.startswith("w/")}
+    assert exported["widths"].tolist() == [8, 16, 32, 64]  # width 1/8
+    assert weights == _official_resnet18_state([8, 16, 32, 64], in_channels=1, num_classes=10)
+    run = Run(source)
+    _, params, batch_stats = run.model()
+    np.testing.assert_array_equal(exported["w/encoder.conv1.weight"],
+                                  np.transpose(params["encoder"]["stem_conv"]["kernel"].get_value(), (3, 2, 0, 1)))
+    np.testing.assert_array_equal(exported["w/fc.1.weight"], np.asarray(params["classifier"]["kernel"].get_value()).T)
+    np.testing.assert_array_equal(exported["w/encoder.layer2.0.shortcut.1.running_var"],
+                                  batch_stats["encoder"]["blocks"][2]["shortcut"]["bn"]["var"].get_value())
+    assert exported["train_x"].dtype == np.uint8 and exported["train_x"].shape[1:] == (8, 8, 1)
+    assert exported["logits"].shape == (256, 10)
