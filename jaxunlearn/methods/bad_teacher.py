@@ -74,7 +74,7 @@ class BadTeacher(Method):
         retain = retain_sample(context.split.retain, hparams.retain_fraction, context.seed)
         columns = {"train": np.concatenate([forget, retain]),
                    "forget_flag": np.concatenate([np.ones(len(forget), np.int32), np.zeros(len(retain), np.int32)])}
-        return mixed_blocks(columns, hparams.batch_size, np.random.default_rng([context.seed, epoch]))
+        return mixed_blocks(columns, hparams.batch_size, context.rng(epoch))
 
     def prepare(self, hparams: BadTeacherHparams, context: Context, start: StartingModel):
         """The competent (original) and incompetent (random) teachers' (params, batch_stats)."""

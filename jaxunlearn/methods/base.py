@@ -48,6 +48,10 @@ class Context:
     def mode(self) -> str:
         return self.split.spec.mode
 
+    def rng(self, epoch: int) -> np.random.Generator:
+        """The generator of the plan of `epoch`, from (seed, epoch): a resumed run replays the same plan."""
+        return np.random.default_rng([self.seed, epoch])
+
 
 @dataclass(frozen=True)
 class StartingModel:

@@ -26,7 +26,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxunlearn.engine.epoch import Block
@@ -102,7 +101,7 @@ def _frozen_logits(step: StepContext, images: jax.Array) -> jax.Array:
 
 def _forget_plan(batch_size: int, context: Context, epoch: int) -> list[Block]:
     """One shuffled pass over the forget set in `forget` batches (the official loader's inf_generator)."""
-    return shuffled_blocks(context.split.forget, batch_size, np.random.default_rng([context.seed, epoch]), "forget")
+    return shuffled_blocks(context.split.forget, batch_size, context.rng(epoch), "forget")
 
 
 @register

@@ -64,7 +64,7 @@ class Contrastive(Method):
             raise UserError(
                 f"the official pairing needs {omega * size} retain samples, the split has {len(retain)}"
             )
-        rng = np.random.default_rng([context.seed, epoch])
+        rng = context.rng(epoch)
         blocks = []
         for forget_batches in batch_blocks(context.split.forget, size):
             count, width = forget_batches.shape

@@ -9,7 +9,6 @@ The framework feeds un-augmented images, where the reference keeps its training 
 
 import dataclasses
 
-import numpy as np
 from flax import nnx
 
 from jaxunlearn.engine.epoch import Block
@@ -31,7 +30,7 @@ class FinetuneHparams(SGDHparams):
 
 def retain_pass(context: Context, batch_size: int, epoch: int) -> list[Block]:
     """One pass over the retain set in a fresh order per (seed, epoch): full batches, then the rest."""
-    return shuffled_blocks(context.split.retain, batch_size, np.random.default_rng([context.seed, epoch]), "retain")
+    return shuffled_blocks(context.split.retain, batch_size, context.rng(epoch), "retain")
 
 
 def retain_cross_entropy(model: nnx.Module, batch: Batch, step: StepContext):

@@ -10,7 +10,6 @@ the reference. The framework feeds un-augmented images.
 import dataclasses
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxunlearn.engine.epoch import Block
@@ -44,8 +43,7 @@ class GradientAscent(Method):
     hparams_type = GradientAscentHparams
 
     def plan(self, hparams: GradientAscentHparams, context: Context, epoch: int) -> list[Block]:
-        rng = np.random.default_rng([context.seed, epoch])
-        return shuffled_blocks(context.split.forget, hparams.batch_size, rng, "forget")
+        return shuffled_blocks(context.split.forget, hparams.batch_size, context.rng(epoch), "forget")
 
     def loss_fn(self, hparams: GradientAscentHparams, context: Context):
         return negative_forget_cross_entropy

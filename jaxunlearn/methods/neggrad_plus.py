@@ -74,8 +74,7 @@ class NegGradPlus(Method):
     hparams_type = NegGradPlusHparams
 
     def plan(self, hparams: NegGradPlusHparams, context: Context, epoch: int) -> list[Block]:
-        rng = np.random.default_rng([context.seed, epoch])
-        return [paired_plan(context.split.retain, context.split.forget, hparams.batch_size, rng)]
+        return [paired_plan(context.split.retain, context.split.forget, hparams.batch_size, context.rng(epoch))]
 
     def loss_fn(self, hparams: NegGradPlusHparams, context: Context):
         train = hparams.batchnorm == "train"

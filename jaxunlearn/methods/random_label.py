@@ -49,7 +49,7 @@ def random_labels(true_labels: np.ndarray, num_classes: int, exclude_true_label:
 
 def random_label_plan(context: Context, batch_size: int, exclude_true_label: bool, epoch: int) -> list[Block]:
     """The forget pass with a random label per sample, then the retain pass; both freshly shuffled."""
-    rng = np.random.default_rng([context.seed, epoch])
+    rng = context.rng(epoch)
     forget_pass = [
         {**block, RANDOM_LABEL: random_labels(context.train_labels[block["forget"]], context.num_classes,
                                               exclude_true_label, rng)}

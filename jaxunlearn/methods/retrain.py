@@ -1,6 +1,5 @@
 """The retrained reference: the pretraining recipe from a fresh initialisation on the retain set only."""
 
-import numpy as np
 
 from jaxunlearn.config import SupervisedHparams, TrainConfig
 from jaxunlearn.methods.base import Context, Method, register
@@ -21,7 +20,7 @@ class Retrain(Method):
         return supervised_optimizer(hparams, steps_per_epoch[0])
 
     def plan(self, hparams: SupervisedHparams, context: Context, epoch: int):
-        return supervised_plan(context.split.retain, hparams.batch_size, np.random.default_rng([context.seed, epoch]),
+        return supervised_plan(context.split.retain, hparams.batch_size, context.rng(epoch),
                                keep_partial=hparams.keep_partial_batch)
 
     def loss_fn(self, hparams: SupervisedHparams, context: Context):

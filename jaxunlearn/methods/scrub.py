@@ -114,7 +114,7 @@ class Scrub(Method):
     def plan(self, hparams: ScrubHparams, context: Context, epoch: int):
         """Epoch `epoch` (0-based): a shuffled max pass over the forget set if epoch + 1 ≤ msteps, then a
         shuffled min pass over the retain set."""
-        rng = np.random.default_rng([context.seed, epoch])
+        rng = context.rng(epoch)
         blocks = []
         if runs_max_pass(epoch + 1, hparams.msteps):
             blocks += shuffled_blocks(context.split.forget, hparams.forget_batch_size, rng, "forget")

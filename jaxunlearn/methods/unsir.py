@@ -149,7 +149,7 @@ class Unsir(Method):
         return unsir_optimizer(hparams, steps_per_epoch)
 
     def plan(self, hparams: UnsirHparams, context: Context, epoch: int):
-        rng = np.random.default_rng([context.seed, epoch])
+        rng = context.rng(epoch)
         if epoch < hparams.impair_epochs:
             return mixed_blocks(impair_columns(hparams, context), hparams.batch_size, rng)
         return shuffled_blocks(retain_subset(context, hparams.retain_per_class), hparams.batch_size, rng, "retain")
