@@ -118,7 +118,8 @@ def throughput(epochs: int, synthetic: Path | None, gigabytes: float, model: str
 
     from jaxunlearn.config import SupervisedHparams, TrainConfig
     from jaxunlearn.data.placement import place_data
-    from jaxunlearn.engine.loop import Procedure, _OneModel
+    from jaxunlearn.engine.procedure import Procedure
+    from jaxunlearn.engine.runners import OneModel
     from jaxunlearn.engine.parallel import Execution
     from jaxunlearn.engine.state import create_state
     from jaxunlearn.methods.supervised import supervised_loss, supervised_optimizer, supervised_plan
@@ -141,7 +142,7 @@ def throughput(epochs: int, synthetic: Path | None, gigabytes: float, model: str
     for placement in ("device", "stream"):
         procedure = Procedure(loss_fn=supervised_loss, tx=tx, plan=plan, epochs=epochs + 1, evaluate=None,
                               should_stop=None, learning_rate=schedule)
-        runner = _OneModel(procedure, graphdef, place_data(dataset, placement), Execution(devices=1), placement)
+        runner = OneModel(procedure, graphdef, place_data(dataset, placement), Execution(devices=1), placement)
         state = runner.place(create_state(params, batch_stats, tx))
         runner.compile(0)
         state, _ = runner.epoch(state, 0, 0)  # compiles

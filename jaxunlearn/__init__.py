@@ -9,6 +9,7 @@ __version__ = "0.2.0"
 
 from jaxunlearn.config import Hparams, SupervisedHparams, TrainConfig, UnlearnConfig
 from jaxunlearn.data import Dataset, ForgetSpec, Split, load_dataset, make_split, parse_forget, register_dataset
+from jaxunlearn.engine.loop import EpochInfo, Hook
 from jaxunlearn.engine.parallel import Execution
 from jaxunlearn.engine.state import TrainState, create_state, model_key
 from jaxunlearn.engine.step import DATA_AXIS, LossFn, StepContext, make_step
@@ -24,7 +25,8 @@ from jaxunlearn import testing
 from jaxunlearn.runs import evaluate, train, unlearn
 
 __all__ = [
-    "DATA_AXIS", "Hparams", "METHODS", "ContrastiveHparams", "Dataset", "EmbeddingClassifier", "Execution", "ForgetSpec",
+    "DATA_AXIS", "Hparams", "METHODS", "ContrastiveHparams", "Dataset", "EmbeddingClassifier", "EpochInfo", "Execution", "ForgetSpec",
+    "Hook",
     "LossFn", "Method", "Run", "Split", "StepContext", "SupConResNet", "SupConViT", "SupervisedHparams",
     "TrainConfig", "TrainState", "UnlearnConfig", "UserError", "__version__", "challenge_epsilons",
     "contrastive_objective", "contrastive_unlearning_loss", "create_model", "create_state", "cross_entropy", "model_key",

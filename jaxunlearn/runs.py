@@ -2,7 +2,7 @@
 (`jaxunlearn.run.Run` owns its layout).
 
 Every method goes through `unlearn`, which builds the data, the model and the split, validates everything
-before it writes anything, and hands a `Procedure` to the one loop (`jaxunlearn.engine.loop.fit`).
+before it writes anything, and hands a `Procedure` to the one loop (`jaxunlearn.engine.loop.Trainer`).
 """
 
 import dataclasses
@@ -22,7 +22,8 @@ from jaxunlearn.data.placement import StreamedData, choose_placement, place_data
 from jaxunlearn.data.splits import ForgetSpec, Pairing, Split, load_split, make_split, save_indices, save_split
 from jaxunlearn.engine.ensemble import Ensemble, stack, stack_plans, take
 from jaxunlearn.engine.epoch import steps_in
-from jaxunlearn.engine.loop import Procedure, fit
+from jaxunlearn.engine.loop import Hook, Trainer
+from jaxunlearn.engine.procedure import Procedure
 from jaxunlearn.engine.step import eval_forward
 from jaxunlearn.engine.parallel import Execution, is_main_process
 from jaxunlearn.engine.state import create_state, model_key
@@ -45,11 +46,11 @@ from jaxunlearn.run_models import (check_seeds, check_subsets, final_metrics, la
 
 def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Execution(),
           save_every_seconds: float = 60.0, seeds: Sequence[int] | None = None,
-          subsets: np.ndarray | None = None) -> dict[str, Any]:
+          subsets: np.ndarray | None = None, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Train the original model on the whole train set; returns (and writes) train/test accuracy.
 
     Runs data-parallel over `execution`'s devices. A checkpoint is saved at the end of an epoch once
-    `save_every_seconds` have passed, and at the end.
+    `save_every_seconds` have passed, and at the end. hooks: called after epochs (`jaxunlearn.engine.loop.Hook`).
 
     seeds: train len(seeds) models side by side in one run (`jaxunlearn.engine.ensemble`), model k from seed
       seeds[k] (its initialisation and data order), each on all training images or, with `subsets` (int
@@ -98,9 +99,9 @@ def train(config: TrainConfig, workdir: str | Path, *, execution: Execution = Ex
         )
         states = [create_state(params, batch_stats, tx, key=model_key(seed))
                   for seed, (_, params, batch_stats) in zip(members, initial)]
-        state, last = fit(procedure, step_graphdef, stacked(states, ensemble), data, run.path,
-                          (run.step_log_path, run.epoch_log_path), meta, "train",
-                          execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
+        state, last = Trainer(procedure, step_graphdef, data, run.path, (run.step_log_path, run.epoch_log_path),
+                              meta, "train", execution=execution, save_every_seconds=save_every_seconds,
+                              ensemble=ensemble, hooks=hooks).fit(stacked(states, ensemble))
         metrics = final_metrics(state, ensemble, seeds, last, lambda k, model, known: evaluate_parts(
             predict, model.params, model.batch_stats, data, host_labels(dataset),
             {**sampled({"train": ("train", pools[k])}, config.eval_sample), **held_out_sets}, known),
@@ -229,7 +230,7 @@ def unlearn_run_config(config: UnlearnConfig, source: str | Path, splits: Sequen
 def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             execution: Execution = Execution(), save_every_seconds: float = 60.0,
             seeds: Sequence[int] | None = None, splits: Sequence[Split] | None = None,
-            allow_unfinished: bool = False) -> dict[str, Any]:
+            allow_unfinished: bool = False, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Apply `config.method` to the model of training run `source`, data-parallel over `execution`'s
     devices; returns (and writes) its evaluation.
 
@@ -239,6 +240,7 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
       own split (one per model, all of one mode; saved under splits/). A source run of K models gives model
       k its model k; a source of one model gives it to all. metrics.json then holds one dict per model
       under "models".
+    hooks: called after epochs (`jaxunlearn.engine.loop.Hook`), after the run's own logs, checkpoint and progress.
     allow_unfinished: unlearn an original whose training has not reached its last epoch (refused otherwise).
       Either way the run records the original's checkpoint and parameters, and every later command refuses
       the run once the original has changed (resumed, retrained).
@@ -312,9 +314,9 @@ def unlearn(config: UnlearnConfig, source: str | Path, workdir: str | Path, *,
             aux=auxes[0] if ensemble is None else stack(auxes), evaluate_every_epoch=method.stops_early,
         )
         meta = {"config_hash": config_hash(run.config)}
-        state, last = fit(procedure, step_graphdef, stacked(states, ensemble), data, run.path,
-                          (run.step_log_path, run.epoch_log_path), meta, config.method,
-                          execution=execution, save_every_seconds=save_every_seconds, ensemble=ensemble)
+        state, last = Trainer(procedure, step_graphdef, data, run.path, (run.step_log_path, run.epoch_log_path),
+                              meta, config.method, execution=execution, save_every_seconds=save_every_seconds,
+                              ensemble=ensemble, hooks=hooks).fit(stacked(states, ensemble))
         metrics = final_metrics(state, ensemble, seeds, last, lambda k, model, known: evaluate_parts(
             predict, model.params, model.batch_stats, data, labels, parts[k], known), original.eval_sample)
         run.write_metrics(metrics)

@@ -68,7 +68,7 @@ from jaxunlearn.data.splits import ForgetSpec, make_split
 from jaxunlearn.engine.ensemble import (
     make_ensemble, make_models_epoch_fn, place_group, place_group_blocks, stack, stack_plans,
 )
-from jaxunlearn.engine.loop import StepProgress, make_epoch_fn, place_blocks
+from jaxunlearn.engine.epoch import StepProgress, make_epoch_fn, place_blocks
 from jaxunlearn.engine.parallel import DATA_AXIS, Execution, data_mesh, replicate
 from jaxunlearn.engine.state import create_state
 from jaxunlearn.engine.step import make_step, make_train_step

@@ -247,3 +247,31 @@ def test_a_log_with_a_torn_last_line_reads_without_it_and_a_damaged_middle_is_re
     log.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
     with pytest.raises(UserError, match="line 2 is not a log line"):
         read_log(log)
+
+
+def test_hooks_run_in_their_period_after_the_runs_own_logs_and_checkpoint(tmp_path, uninterrupted):
+    from jaxunlearn import EpochInfo, Hook, UserError
+
+    workdir = tmp_path / "run"
+    seen = []
+
+    def record(info: EpochInfo) -> None:
+        evaluations = (workdir / "evaluations.jsonl").read_text().splitlines()
+        params = info.model().params
+        seen.append({"epoch": info.epoch, "steps": info.steps, "finished": info.finished,
+                     "logged_epochs": len(evaluations), "logged": json.loads(evaluations[-1]),
+                     "evaluation": info.evaluation, "checkpoint": checkpoint.latest_epoch(workdir),
+                     "step_losses": info.step_metrics["loss"].shape,
+                     "finite": all(bool(np.isfinite(x).all()) for x in jax.tree.leaves(params))})
+
+    metrics = runs.train(CONFIG, workdir, execution=ONE_DEVICE, save_every_seconds=0, hooks=[Hook(record, every=2)])
+    assert [s["epoch"] for s in seen] == [2, 3]  # every 2nd epoch, and the last
+    assert [s["steps"] for s in seen] == [10, 15] and [s["step_losses"] for s in seen] == [(5,), (5,)]
+    assert [s["finished"] for s in seen] == [False, True]
+    assert [s["logged_epochs"] for s in seen] == [2, 3]  # the run's own logs are written first
+    assert [s["checkpoint"] for s in seen] == [2, 3]  # and its checkpoint (saved every epoch here)
+    for s in seen:
+        assert s["logged"] == {"epoch": s["epoch"], "step": s["steps"], **s["evaluation"]} and s["finite"]
+    assert without_seconds(metrics) == without_seconds(uninterrupted[1])  # a hook changes nothing of the run
+    with pytest.raises(UserError, match="every"):
+        Hook(record, every=0)

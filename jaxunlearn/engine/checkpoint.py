@@ -163,7 +163,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
 
 
 RUN_META = ("epoch", "steps", "finished", "evaluation", "seconds")
-"""What the metadata of every checkpoint of a run holds (`jaxunlearn.engine.loop.fit` writes it)."""
+"""What the metadata of every checkpoint of a run holds (`jaxunlearn.engine.loop.Trainer` writes it)."""
 
 
 def check_run_meta(meta: dict[str, Any], where: Any) -> dict[str, Any]:

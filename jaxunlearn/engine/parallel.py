@@ -35,7 +35,7 @@ class Execution:
     devices: how many of `jax.devices()` (all hosts) to use; None = all.
     backend: "shard_map" or "pmap" for the per-device step.
     epoch_loop: "scan" compiles each epoch as one `lax.scan`, "steps" runs a host loop over one compiled
-      step, "auto" takes "steps" on CPU and "scan" on accelerators (engine/loop.py says why).
+      step, "auto" takes "steps" on CPU and "scan" on accelerators (engine/epoch.py says why).
     conv: the ResNets' convolutions in the training steps: "xla", "gemm" (matrix multiplications,
       `jaxunlearn.models.conv`) or "auto" (the faster on the platform; BENCHMARKS.md). Evaluation uses "xla".
     """

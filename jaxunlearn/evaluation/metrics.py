@@ -92,13 +92,13 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("relearn_steps", "count", "fine-tuning steps on the forget set until its accuracy is back at the original's",
            "jaxunlearn.evaluation.relearn.relearn_steps", table=True),
     Metric("relearn_target_acc", "fraction", "the original's forget-set accuracy, the relearn target", _RUNS),
-    Metric("seconds", "seconds", "wall-clock time of the run", "jaxunlearn.engine.loop.fit", direction="lower_better",
+    Metric("seconds", "seconds", "wall-clock time of the run", "jaxunlearn.engine.loop.Trainer", direction="lower_better",
            table=True),
     Metric("compile_seconds", "seconds", "of the run's seconds, those JAX spent tracing and compiling its programs",
            "jaxunlearn.engine.compile_time.compile_clock", direction="lower_better"),
-    Metric("steps", "count", "optimizer steps of the run", "jaxunlearn.engine.loop.fit", direction="lower_better",
+    Metric("steps", "count", "optimizer steps of the run", "jaxunlearn.engine.loop.Trainer", direction="lower_better",
            table=True),
-    Metric("epochs", "count", "epochs of the run", "jaxunlearn.engine.loop.fit", direction="lower_better"),
+    Metric("epochs", "count", "epochs of the run", "jaxunlearn.engine.loop.Trainer", direction="lower_better"),
 )
 
 METRICS: dict[str, Metric] = {metric.name: metric for metric in REGISTRY}
