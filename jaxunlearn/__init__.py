@@ -15,7 +15,7 @@ from jaxunlearn.engine.state import TrainState, create_state, model_key
 from jaxunlearn.engine.step import DATA_AXIS, LossFn, StepContext, make_step
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation import challenge_epsilons, forget_quality
-from jaxunlearn.evaluation.model import evaluate_model
+from jaxunlearn.evaluation.evaluators import evaluate_model
 from jaxunlearn.losses import contrastive_unlearning_loss, cross_entropy
 from jaxunlearn.methods import METHODS, ContrastiveHparams, Method, contrastive_objective, get_method, register
 from jaxunlearn.methods.supervised import supervised_loss

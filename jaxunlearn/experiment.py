@@ -41,7 +41,7 @@ from jaxunlearn.methods import get_method
 from jaxunlearn.report import write_seed_report
 from jaxunlearn.run import Run, training_data
 from jaxunlearn.run_config import with_defaults
-from jaxunlearn.evaluation.model import evaluate_model_outputs
+from jaxunlearn.evaluation.evaluators import evaluate_model
 from jaxunlearn.runs import evaluate, obtain_split, resolve_hparams, train, unlearn, unlearn_run_config
 from jaxunlearn.tuning import SCORED_PARTS, Tuning, tuning_record
 
@@ -270,8 +270,8 @@ def check_rebuilt(rebuilt: dict[str, Run], split: Split, done: dict[str, Any]) -
     `split` that results.json recorded for it: every other result was measured against that model."""
     for name, run in rebuilt.items():
         graphdef, params, batch_stats = run.model()
-        measured, _ = evaluate_model_outputs(graphdef, params, batch_stats, run.dataset, split, data=run.data,
-                                             predict=run.predict)
+        measured = evaluate_model(graphdef, params, batch_stats, run.dataset, split, data=run.data,
+                                  predict=run.predict, protocol=("accuracy", "probe", "bn_recomputed"))
         differs = sorted(key for key, value in measured.items()
                          if key.endswith(("_acc", "_conf")) and key in done[name] and value != done[name][key])
         if differs:

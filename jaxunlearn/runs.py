@@ -18,7 +18,7 @@ import numpy as np
 from jaxunlearn.config import TrainConfig, UnlearnConfig, override, to_json
 from jaxunlearn.data.dataset import Dataset
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.data.placement import StreamedData, choose_placement, place_data, sample_rows
+from jaxunlearn.data.placement import StreamedData, choose_placement, place_data
 from jaxunlearn.data.splits import ForgetSpec, Pairing, Split, load_split, make_split, save_indices, save_split
 from jaxunlearn.engine.ensemble import Ensemble, stack, stack_plans, take
 from jaxunlearn.engine.epoch import steps_in
@@ -30,10 +30,8 @@ from jaxunlearn.engine.state import create_state, model_key
 from jaxunlearn.errors import UserError
 from jaxunlearn.evaluation.accuracy import (evaluate_parts, host_labels, make_predictor, part_outputs, sampled,
                                            split_parts, whole_sets)
-from jaxunlearn.evaluation.model import evaluate_model_outputs
-from jaxunlearn.evaluation.divergence import tree_l2_distance
-from jaxunlearn.evaluation.relearn import RelearnSettings, relearn_steps
-from jaxunlearn.evaluation.suite import reference_metrics
+from jaxunlearn.evaluation.evaluators import EvaluatedModel, run_protocol
+from jaxunlearn.evaluation.relearn import RelearnSettings
 from jaxunlearn.methods import Context, get_method
 from jaxunlearn.methods.base import StartingModel
 from jaxunlearn.methods.supervised import supervised_objective, supervised_optimizer, supervised_plan
@@ -382,27 +380,14 @@ def _evaluate(run: Run, split: Split | None, reference: str | Path | Run | None,
         if split is None:
             raise UserError("a `reference` needs a split: evaluate an unlearning run, or give a `split`")
         _reference_run(reference, run, split)
-    dataset, data, predict = run.dataset, run.data, run.predict
     graphdef, params, batch_stats = run.model()
-    eval_sample = run.train_config.eval_sample
-    metrics, outputs = evaluate_model_outputs(graphdef, params, batch_stats, dataset, split, data=data,
-                                              predict=predict, eval_sample=eval_sample)
+    model = EvaluatedModel(graphdef, params, batch_stats, run.dataset, run.data, run.predict, split,
+                           run.train_config.eval_sample, relearn=relearn)
     if split is not None:
-        _, original_params, original_stats = (original or source or run).model()  # a training run is its own
-        metrics["l2_to_original"] = tree_l2_distance(params, original_params)
-        forget = sample_rows(split.forget, eval_sample)
-        original_logits = part_outputs(predict, original_params, original_stats, data,
-                                       {"forget": ("train", forget)})["forget"][0]
-        target = float(np.mean(original_logits.argmax(axis=1) == dataset.train_labels[forget]))
-        steps, capped = relearn_steps(graphdef, params, batch_stats, data, forget, target, relearn)
-        metrics.update(relearn_steps=steps, relearn_capped=capped, relearn_target_acc=target)
-        if reference is not None:
-            _, reference_params, reference_stats = reference.model()
-            compared = {name: part for name, part in split_parts(split, dataset.test_labels, at_most=eval_sample).items()
-                        if name in ("forget_train", "test")}
-            reference_outputs = part_outputs(predict, reference_params, reference_stats, data, compared)
-            metrics.update(reference_metrics(outputs, reference_outputs))
-            metrics["l2_to_reference"] = tree_l2_distance(params, reference_params)
+        model.original = (original or source or run).model()[1:]  # a training run is its own original
+        model.reference = None if reference is None else reference.model()[1:]
+    metrics = run_protocol(model)
+    if split is not None:
         metrics.update(forget=str(split.spec), split_hash=split.content_hash())
     meta = run.meta
     metrics.update(seconds=meta.get("seconds", 0.0), compile_seconds=meta.get("compile_seconds", 0.0),

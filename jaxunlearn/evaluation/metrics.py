@@ -16,7 +16,8 @@ Direction = Literal["match_retrain", "lower_better"]
 @dataclass(frozen=True)
 class Metric:
     """name: the key in metrics.json; unit: "fraction" (shown in percent), "seconds", "count", "nats" or
-    "distance" (a weight-space L2 norm); computed_by: the function that writes it; average_gap: part of
+    "distance" (a weight-space L2 norm); computed_by: the evaluator that computes it (`jaxunlearn.evaluation.evaluators`), or the function
+    that writes it; average_gap: part of
     SalUn's Avg. Gap; table: a column of the report tables; figures: the report figures that draw it
     ("accuracy", "mia", "curves": its value after every epoch)."""
 
@@ -30,12 +31,12 @@ class Metric:
     figures: tuple[str, ...] = ()
 
 
-_SUITE = "jaxunlearn.evaluation.suite.forgetting_metrics"
-_ATTACKS = "jaxunlearn.evaluation.attacks.attack_suite"
-_REFERENCE = "jaxunlearn.evaluation.suite.reference_metrics"
-_SHALLOW_BN = "jaxunlearn.evaluation.shallow.recompute_batch_stats"
-_SHALLOW_PROBE = "jaxunlearn.evaluation.shallow.probe_accuracies"
-_RUNS = "jaxunlearn.runs.evaluate"
+_SUITE = "jaxunlearn.evaluation.evaluators.accuracy"
+_MEMBERSHIP = "jaxunlearn.evaluation.evaluators.membership"
+_REFERENCE = "jaxunlearn.evaluation.evaluators.against_reference"
+_SHALLOW_BN = "jaxunlearn.evaluation.evaluators.bn_recomputed"
+_SHALLOW_PROBE = "jaxunlearn.evaluation.evaluators.probe"
+_ORIGINAL = "jaxunlearn.evaluation.evaluators.against_original"
 
 REGISTRY: tuple[Metric, ...] = (
     Metric("forget_train_acc", "fraction", "accuracy on the forget set (training images to be forgotten)", _SUITE,
@@ -54,17 +55,17 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("test_conf", "fraction", "mean max-softmax confidence on the test set", _SUITE),
     Metric("mia_efficacy", "fraction",
            "MIA-efficacy (SalUn): share of the forget set an SVC confidence attack predicts as non-members",
-           _SUITE, average_gap=True, table=True, figures=("mia",)),
+           _MEMBERSHIP, average_gap=True, table=True, figures=("mia",)),
     Metric("mia_loss_auc", "fraction",
            "ROC AUC of a threshold attack on the per-example loss, forget set (members) vs. held-out test images",
-           _ATTACKS, table=True, figures=("mia",)),
-    Metric("mia_confidence_auc", "fraction", "the same attack on the true-class confidence p_y", _ATTACKS, table=True,
+           _MEMBERSHIP, table=True, figures=("mia",)),
+    Metric("mia_confidence_auc", "fraction", "the same attack on the true-class confidence p_y", _MEMBERSHIP, table=True,
            figures=("mia",)),
     Metric("mia_logit_confidence_auc", "fraction",
            "the same attack on the logit-scaled confidence log p_y − log Σ_{k≠y} p_k (LiRA's statistic)",
-           _ATTACKS, table=True, figures=("mia",)),
+           _MEMBERSHIP, table=True, figures=("mia",)),
     *(Metric(f"mia_{score}_tpr_at_{level}_fpr", "fraction",
-             f"true-positive rate of the {score.replace('_', '-')} attack at {rate} false positives", _ATTACKS)
+             f"true-positive rate of the {score.replace('_', '-')} attack at {rate} false positives", _MEMBERSHIP)
       for score in ("loss", "confidence", "logit_confidence") for level, rate in (("1pct", "1%"), ("01pct", "0.1%"))),
     Metric("js_forget", "nats",
            "Jensen–Shannon divergence from the reference's predictions on the forget set (nats, 0 to ln 2)",
@@ -75,8 +76,8 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("agreement_forget", "fraction", "share of forget images on which the model predicts the reference's class",
            _REFERENCE, table=True),
     Metric("agreement_test", "fraction", "the same on the test set", _REFERENCE),
-    Metric("l2_to_original", "distance", "L2 distance of all parameters to the original model's", _RUNS),
-    Metric("l2_to_reference", "distance", "L2 distance of all parameters to the reference's", _RUNS),
+    Metric("l2_to_original", "distance", "L2 distance of all parameters to the original model's", _ORIGINAL),
+    Metric("l2_to_reference", "distance", "L2 distance of all parameters to the reference's", _REFERENCE),
     Metric("bn_recomputed_forget_train_acc", "fraction",
            "forget-set accuracy after the BatchNorm statistics are recomputed on retain data, weights unchanged "
            "(forgetting that lived in the statistics comes back)", _SHALLOW_BN, table=True),
@@ -90,8 +91,8 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("probe_test_acc", "fraction", "the same probe's accuracy on the other half's retained classes",
            _SHALLOW_PROBE),
     Metric("relearn_steps", "count", "fine-tuning steps on the forget set until its accuracy is back at the original's",
-           "jaxunlearn.evaluation.relearn.relearn_steps", table=True),
-    Metric("relearn_target_acc", "fraction", "the original's forget-set accuracy, the relearn target", _RUNS),
+           _ORIGINAL, table=True),
+    Metric("relearn_target_acc", "fraction", "the original's forget-set accuracy, the relearn target", _ORIGINAL),
     Metric("seconds", "seconds", "wall-clock time of the run", "jaxunlearn.engine.loop.Trainer", direction="lower_better",
            table=True),
     Metric("compile_seconds", "seconds", "of the run's seconds, those JAX spent tracing and compiling its programs",
