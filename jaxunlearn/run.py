@@ -94,8 +94,7 @@ def model_state(config: TrainConfig, dataset: Dataset, *, initialise: bool, seed
                      nnx.Param, nnx.BatchStat)
 
 
-def _build_model(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], seed: int, precision: str,
-                 conv: str) -> nnx.Module:
+def _build_model(config: TrainConfig, num_classes: int, image_shape: tuple, seed: int, precision: str, conv: str):
     return create_model(config.model, num_classes, in_channels=image_shape[-1], image_size=image_shape[:2],
                         width=config.width, depth=config.depth, seed=seed, bn_axis_name=DATA_AXIS,
                         precision=precision, conv=conv, dropout=config.dropout)
